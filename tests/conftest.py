@@ -8,6 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
+import torch
+
+# Small models on a 2-core machine: one thread avoids oversubscription when tests run beside other work.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
