@@ -33,6 +33,9 @@ RAC_TOKENS = (TRUE_LABEL_TOKEN, FALSE_LABEL_TOKEN, EXAMPLE_END_TOKEN)
 
 #: Default per-example budget (tokens of example text) so three long neighbours cannot crowd out the query.
 DEFAULT_EXAMPLE_TOKENS = 64
+#: Most false labels listed per example: with 150 candidates an example would otherwise list 149 of them,
+#: filling the window with negatives the model never saw in training (items there carry 2 to 25 labels).
+DEFAULT_MAX_FALSE_LABELS = 10
 
 
 @dataclass(frozen=True)
@@ -77,17 +80,22 @@ class RACExample:
         return out
 
 
-def false_labels(example: RACExample, candidate_labels: Sequence[str] | None = None) -> list[str]:
-    """Labels the example is known not to carry, in a stable order (``all_labels``, else the candidates)."""
+def false_labels(
+    example: RACExample,
+    candidate_labels: Sequence[str] | None = None,
+    *,
+    limit: int | None = None,
+    first: Sequence[str] = (),
+) -> list[str]:
+    """Labels the example is known not to carry, in a stable order (``all_labels``, else the candidates).
+
+    Labels in ``first`` (the other shown examples' true labels: the confusable ones) lead, so a ``limit``
+    keeps the informative negatives.
+    """
     pool = example.all_labels if example.all_labels is not None else (candidate_labels or ())
-    true = set(example.true_labels)
-    seen: set[str] = set()
-    out = []
-    for label in pool:
-        if label not in true and label not in seen:
-            seen.add(label)
-            out.append(label)
-    return out
+    allowed = set(pool) - set(example.true_labels)
+    ordered = dict.fromkeys(label for label in (*first, *pool) if label in allowed)
+    return list(ordered)[:limit]
 
 
 def truncate_to_tokens(text: str, max_tokens: int | None, tokenizer: Any = None) -> str:
@@ -110,13 +118,14 @@ def format_example(
     *,
     max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
     tokenizer: Any = None,
-    include_false_labels: bool = True,
+    max_false_labels: int | None = DEFAULT_MAX_FALSE_LABELS,
+    salient_labels: Sequence[str] = (),
 ) -> str:
     """``<<EXAMPLE>> text <<TRUE_LABEL>> a <<FALSE_LABEL>> b <</EXAMPLE>>``."""
     parts = [EXAMPLE_TOKEN, truncate_to_tokens(example.text, max_example_tokens, tokenizer)]
     parts += [f"{TRUE_LABEL_TOKEN} {label}" for label in example.true_labels]
-    if include_false_labels:
-        parts += [f"{FALSE_LABEL_TOKEN} {label}" for label in false_labels(example, candidate_labels)]
+    negatives = false_labels(example, candidate_labels, limit=max_false_labels, first=salient_labels)
+    parts += [f"{FALSE_LABEL_TOKEN} {label}" for label in negatives]
     parts.append(EXAMPLE_END_TOKEN)
     return " ".join(parts)
 
@@ -128,12 +137,21 @@ def append_examples(
     *,
     max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
     tokenizer: Any = None,
+    max_false_labels: int | None = DEFAULT_MAX_FALSE_LABELS,
 ) -> str:
     """The RAC text slot: the query followed by its example blocks (the query alone when there are none)."""
     if not examples:
         return text
+    salient = [label for ex in examples for label in ex.true_labels]
     blocks = [
-        format_example(ex, candidate_labels, max_example_tokens=max_example_tokens, tokenizer=tokenizer)
+        format_example(
+            ex,
+            candidate_labels,
+            max_example_tokens=max_example_tokens,
+            tokenizer=tokenizer,
+            max_false_labels=max_false_labels,
+            salient_labels=salient,
+        )
         for ex in examples
     ]
     return f"{text} " + " ".join(blocks)
