@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import torch
 
+from rac.embedding import length_sorted_batches
 from rac.formatting import (
     DEFAULT_EXAMPLE_TOKENS,
     EXAMPLE_TOKEN,
@@ -68,7 +69,8 @@ class ClassificationResult:
     ``labels`` holds every candidate label with its score, best first; ``predicted`` the labels at or above
     the threshold (multi-label) or the single best one (single-label); ``examples`` the RAC examples the
     model actually saw (with their ``similarity`` when retrieved); ``hierarchical`` the scores nested like
-    the label dict, when ``return_hierarchical=True``.
+    the label dict, when ``return_hierarchical=True``; ``passes`` how many model inputs the text took (label
+    chunks x text windows), so callers can see what large label sets and long texts cost.
     """
 
     text: str
@@ -76,6 +78,7 @@ class ClassificationResult:
     predicted: list[str]
     examples: list[RACExample] = field(default_factory=list)
     hierarchical: dict[str, Any] | None = None
+    passes: int = 1
 
     @property
     def scores(self) -> dict[str, float]:
@@ -256,10 +259,11 @@ class RACClassifier:
 
         pieces, piece_text, items = self._build_items(texts, label_sets, text_examples, prompt or "", long_text)
         logits = [torch.empty(len(label_sets[t].names)) for t in piece_text]
-        seen = [0] * len(texts)
+        seen, passes = [0] * len(texts), [0] * len(texts)
         for item, row in zip(items, self._forward(items, batch_size)):
             logits[item.piece][item.start : item.end] = row[: item.end - item.start]
             seen[piece_text[item.piece]] = max(seen[piece_text[item.piece]], item.examples_seen)
+            passes[piece_text[item.piece]] += 1
 
         windows: list[list[torch.Tensor]] = [[] for _ in texts]
         for piece, text_index in enumerate(piece_text):
@@ -280,6 +284,7 @@ class RACClassifier:
                     predicted=predicted,
                     examples=list(text_examples[i][: seen[i]]),
                     hierarchical=_nest(specs[i], dict(zip(names, scores))) if return_hierarchical else None,
+                    passes=passes[i],
                 )
             )
         return results
@@ -429,17 +434,11 @@ class RACClassifier:
     def _forward(self, items: list[_Item], batch_size: int) -> list[torch.Tensor]:
         """Logit rows for ``items`` (in their order), computed in length-sorted batches.
 
-        A batch holds at most ``batch_size`` sequences and ``MAX_BATCH_TOKENS`` padded tokens, so short
-        inputs go in large batches and long ones in small batches, and padding stays near zero.
+        A batch holds at most ``batch_size`` sequences and ``MAX_BATCH_TOKENS`` padded tokens, and is cut
+        where padding would grow past a quarter of its tokens (``length_sorted_batches``), so short inputs go
+        in large batches, long ones in small batches, and padding stays small even in small requests.
         """
-        order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-        batches, current = [], []
-        for i in order:
-            if current and (len(current) == batch_size or (len(current) + 1) * len(items[i].input_ids) > MAX_BATCH_TOKENS):
-                batches.append(current)
-                current = []
-            current.append(i)
-        batches.append(current)
+        batches = length_sorted_batches([len(item.input_ids) for item in items], batch_size, MAX_BATCH_TOKENS)
 
         rows: list[torch.Tensor] = [torch.empty(0)] * len(items)
         was_training = self.model.training

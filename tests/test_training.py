@@ -1,0 +1,143 @@
+"""rac.training: data preparation rules, the focal loss, and a tiny end-to-end run that must learn.
+
+The tiny run (two small pool datasets, a few dozen items, a short sequence length) trains once per session
+and is shared by the tests below; it takes well under two minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from rac.formatting import EXAMPLE_TOKEN
+from rac.training import (
+    DataConfig,
+    TrainConfig,
+    balanced_quotas,
+    build_model,
+    encode_batch,
+    focal_loss,
+    load_pool,
+    restore_trainable,
+    sample_candidate_labels,
+    train,
+)
+
+POOL = Path("/work/shared/data/train")
+needs_pool = pytest.mark.skipif(not POOL.is_dir(), reason="training pool not available")
+
+
+def test_balanced_quotas_use_small_sets_whole_and_share_the_rest():
+    assert balanced_quotas([100, 5000, 20000], 3000) == [100, 1450, 1450]
+    assert balanced_quotas([10, 20], 1000) == [10, 20]
+    assert sum(balanced_quotas([300, 700, 50_000, 9], 2000)) == 2000
+
+
+def test_candidate_labels_keep_truth_vary_count_and_stay_in_bounds():
+    rng = random.Random(0)
+    label_set = [f"intent {i}" for i in range(64)]
+    foreign = ["positive", "negative", "sports"]
+    sizes = set()
+    for _ in range(300):
+        labels, true = sample_candidate_labels(["intent 3"], label_set, foreign, rng)
+        assert 2 <= len(labels) <= 25 and len(set(labels)) == len(labels)
+        assert true in ([], ["intent 3"]) and set(true) <= set(labels)
+        sizes.add(len(labels))
+    assert len(sizes) > 10  # the label count really varies
+    labels, true = sample_candidate_labels(["positive"], ["negative", "positive"], ["sports"], random.Random(1))
+    assert "positive" in true and len(labels) >= 2
+
+
+def test_focal_loss_ignores_padding_slots_and_reduces_to_bce():
+    logits = torch.tensor([[2.0, -1.0, 5.0], [0.5, 0.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    plain = focal_loss(logits, targets, mask, alpha=-1, gamma=0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], targets[mask])
+    assert torch.allclose(plain, bce)
+    changed = logits.clone()
+    changed[0, 2] = -50.0  # a padding slot: no effect
+    assert torch.allclose(focal_loss(changed, targets, mask), focal_loss(logits, targets, mask))
+    assert focal_loss(logits, targets, mask, gamma=2) < focal_loss(logits, targets, mask, gamma=0)
+
+
+@needs_pool
+def test_pool_never_reads_dev_and_holds_out_test_rows():
+    pool = load_pool(POOL, ["tweet_sentiment", "atis"])
+    by_name = {d.name: d for d in pool}
+    assert set(by_name) == {"tweet_sentiment", "atis"}
+    assert by_name["atis"].multi_label
+    for ds in pool:
+        assert not {r.text for r in ds.train} & {r.text for r in ds.heldout}
+    with pytest.raises(ValueError):
+        load_pool(POOL.parent / "dev")
+
+
+TINY = dict(
+    mode="lora", max_length=64, batch_size=8, steps=8, eval_every=4, head_lr=1e-3, warmup_ratio=0.25,
+    data=DataConfig(data_dir=str(POOL), datasets=["nlupp_hotels", "tweet_irony"], n_items=64,
+                    dev_per_dataset=8, index_rows=48),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cfg = TrainConfig(out_dir=str(tmp_path_factory.mktemp("train") / "run"), **TINY)
+    return cfg, train(cfg, show_progress=False)
+
+
+@needs_pool
+def test_tiny_run_lowers_dev_loss_and_writes_artifacts(tiny_run):
+    cfg, summary = tiny_run
+    dev = [h["dev_loss"] for h in summary["history"]]
+    assert summary["step"] == 8 and len(dev) == 3
+    assert dev[-1] < dev[0]
+    out = Path(cfg.out_dir)
+    assert (out / "checkpoint" / "trainable.safetensors").is_file()
+    assert (out / "model" / "delta.safetensors").is_file() and (out / "model" / "config.json").is_file()
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and lines[-1]["step"] == 8
+    prepared = list((out.parent / "prepared").glob("*.train.jsonl"))
+    items = [json.loads(line) for line in prepared[0].read_text().splitlines()]
+    assert len(items) == 64 and {i["dataset"] for i in items} == {"nlupp_hotels", "tweet_irony"}
+    rac_items = [i for i in items if i["rac"]]
+    assert rac_items and all(EXAMPLE_TOKEN in i["text"] for i in rac_items)
+    assert all(set(i["true_labels"]) <= set(i["labels"]) and 2 <= len(i["labels"]) <= 25 for i in items)
+
+
+@needs_pool
+def test_delta_reloads_to_the_trained_model(tiny_run):
+    """LoRA merged on load gives the logits of the peft-wrapped model that was trained."""
+    from rac.model import load_delta_model
+
+    cfg, _ = tiny_run
+    trained = build_model(cfg)
+    restore_trainable(trained, Path(cfg.out_dir) / "checkpoint")
+    trained.eval()
+    loaded = load_delta_model(Path(cfg.out_dir) / "model")
+    items = [
+        {"text": "is breakfast included? <<EXAMPLE>> do you serve food <<TRUE_LABEL>> restaurant <</EXAMPLE>>",
+         "labels": ["restaurant", "booking", "ironic"], "true_labels": ["restaurant"]},
+        {"text": "great, another monday", "labels": ["ironic", "not ironic"], "true_labels": ["ironic"]},
+    ]
+    enc = encode_batch(trained, items, 96)
+    with torch.no_grad():
+        expected = trained(enc["input_ids"], enc["attention_mask"])
+        got = loaded(enc["input_ids"], enc["attention_mask"])
+    assert (expected - got).abs().max().item() < 1e-4
+
+
+@needs_pool
+def test_resume_refuses_a_changed_recipe_and_continues_an_equal_one(tiny_run):
+    cfg, summary = tiny_run
+    with pytest.raises(ValueError, match="--resume"):
+        train(cfg, show_progress=False)
+    changed = TrainConfig(**{**cfg.__dict__, "focal_gamma": 1.0})
+    with pytest.raises(ValueError, match="different recipe"):
+        train(changed, resume=True, show_progress=False)
+    again = train(cfg, resume=True, show_progress=False)  # already at its last step: nothing left to do
+    assert again["step"] == summary["step"]
