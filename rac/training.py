@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rac.formatting import RACExample, build_model_input
+from rac.storage import atomic_directory
 
 #: The project's training pool (never ``dev/``).
 DEFAULT_DATA_DIR = "/work/shared/data/train"
@@ -519,20 +520,10 @@ def _save_checkpoint(folder: Path, model: Any, optimizer: torch.optim.Optimizer,
     """Trainable tensors (safetensors) + optimizer (torch, our own file) + progress (JSON), swapped in atomically."""
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        folder.rename(old)
-        tmp.rename(folder)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        tmp.rename(folder)
+    with atomic_directory(folder) as tmp:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
 
 def restore_trainable(model: Any, checkpoint: str | os.PathLike) -> None:

@@ -131,7 +131,7 @@ def test_crash_mid_save_keeps_old_index(index: ExampleIndex, tmp_path: Path, mon
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(rac_index, "_sha256", crash)  # fails after the data files are written, before the rename
+    monkeypatch.setattr(rac_index, "file_sha256", crash)  # fails after the data files are written, before the rename
     with pytest.raises(OSError, match="disk full"):
         index.save(target)
     monkeypatch.undo()
