@@ -26,15 +26,6 @@ TEXTS = ["The striker scored twice.", "Rates rose again and markets fell hard ac
 LABELS = [["sports", "finance"], ["finance", "economy", "sports", "weather"]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: a second intra-op thread only adds spin-wait contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def save_tiny_encoder(folder: Path, minilm_path: str, model_type: str = "bert", **overrides: Any) -> Path:
     """A 2-layer random encoder of ``model_type`` saved as a pretrained folder with the MiniLM tokenizer."""
     small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}

@@ -87,15 +87,6 @@ def combo_id(options: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: a second intra-op thread only adds spin-wait contention (~100x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def gliclass_tokenizer(minilm_path: str) -> Any:
     """MiniLM tokenizer with the GLiClass and RAC tokens added, as a rac-trained checkpoint ships it."""
