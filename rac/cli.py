@@ -223,6 +223,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         ("--top-layers", int, "train", "layers trained with --mode top (default 2)"),
         ("--pooling-strategy", str, "train", "text vector: avg | first | max (default avg)"),
         ("--class-token-pooling", str, "train", "label vector: average | first (default average)"),
+        ("--head", str, "train", "cosine | dot: scorer and projector start (default cosine, see rac.training.HEADS)"),
+        ("--logit-scale", float, "train", "starting scale of the cosine head's logits (default 10)"),
         ("--max-length", int, "train", "training sequence length in tokens (default 192)"),
         ("--batch-size", int, "train", "items per step (default 16)"),
         ("--steps", int, "train", "optimizer steps (default: one pass over the items)"),
@@ -247,10 +249,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import shutil
-    from pathlib import Path
-
-    from rac.training import DataConfig, TrainConfig, train
+    from rac.training import DataConfig, TrainConfig, export_model, train
 
     renames = {"items": "n_items", "out": "out_dir"}
     chosen = {g: {} for g in ("data", "train")}
@@ -265,11 +264,8 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"steps {summary['step']}/{summary['total_steps']}, dev loss {summary['history'][-1]['dev_loss']:.4f}, "
           f"model in {summary['model_dir']}")
     if args.export:
-        target = Path(args.export)
-        target.mkdir(parents=True, exist_ok=True)
-        for src in Path(summary["model_dir"]).iterdir():
-            shutil.copy2(src, target / src.name)
-        print(f"exported to {target}")
+        export_model(summary["model_dir"], args.export)
+        print(f"exported to {args.export}")
     return 0
 
 

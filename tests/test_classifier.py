@@ -184,6 +184,22 @@ def test_200_labels_are_chunked_never_dropped(clf: RACClassifier) -> None:
         assert_close([alone], [{name: results[0].scores[name] for name in alone}])
 
 
+def test_label_sets_beyond_max_num_classes_are_scored_in_even_passes(model: GLiClassModel) -> None:
+    labels = [f"label {i}" for i in range(30)]  # short: one window would hold them all
+    capped = RACClassifier(model)
+    assert capped.max_labels_per_pass == model.config.max_num_classes == 25
+    _, _, items = capped._build_items([TEXTS[0]], capped._label_sets(labels, 1)[1], [[]], "", False)
+    assert [(item.start, item.end) for item in items] == [(0, 15), (15, 30)]  # 15 + 15, not 25 + 5
+    [result] = capped.predict(TEXTS[0], labels, threshold=0.0)
+    assert result.passes == 2
+    alone = capped.predict(TEXTS[0], labels[15:])[0].scores
+    assert_close([alone], [{name: result.scores[name] for name in alone}])
+    [one_pass] = RACClassifier(model, max_labels_per_pass=30).predict(TEXTS[0], labels)
+    assert one_pass.passes == 1
+    with pytest.raises(ValueError, match="max_labels_per_pass"):
+        RACClassifier(model, max_labels_per_pass=0)
+
+
 def test_label_too_long_for_a_chunk_is_an_error(clf: RACClassifier) -> None:
     with pytest.raises(ValueError, match="longer than"):
         clf.predict("text", ["word " * 600, "b"])

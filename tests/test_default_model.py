@@ -51,7 +51,6 @@ def test_default_model_classifies_obvious_cases(model):
     assert topic[0].argmax().item() == 1
 
 
-@pytest.mark.xfail(reason="the shipped budget has not taught RAC yet (see rac/default_model/README.md)", strict=False)
 def test_default_model_uses_retrieved_examples(model):
     """An example that says which made-up label fits moves the score toward it."""
     labels = ["zorp", "blick"]

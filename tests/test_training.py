@@ -7,6 +7,7 @@ and is shared by the tests below; it takes well under two minutes on two CPU cor
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from rac.training import (
     balanced_quotas,
     build_model,
     encode_batch,
+    export_model,
     focal_loss,
     load_pool,
     restore_trainable,
@@ -112,13 +114,14 @@ def test_tiny_run_lowers_dev_loss_and_writes_artifacts(tiny_run):
 @needs_pool
 def test_delta_reloads_to_the_trained_model(tiny_run):
     """LoRA merged on load gives the logits of the peft-wrapped model that was trained."""
-    from rac.model import load_delta_model
+    from rac.model import GLiClassModel, load_delta_model
 
     cfg, _ = tiny_run
     trained = build_model(cfg)
     restore_trainable(trained, Path(cfg.out_dir) / "checkpoint")
     trained.eval()
     loaded = load_delta_model(Path(cfg.out_dir) / "model")
+    via_folder = GLiClassModel.from_pretrained(Path(cfg.out_dir) / "model")  # the delta folder, as users pass it
     items = [
         {"text": "is breakfast included? <<EXAMPLE>> do you serve food <<TRUE_LABEL>> restaurant <</EXAMPLE>>",
          "labels": ["restaurant", "booking", "ironic"], "true_labels": ["restaurant"]},
@@ -128,6 +131,7 @@ def test_delta_reloads_to_the_trained_model(tiny_run):
     with torch.no_grad():
         expected = trained(enc["input_ids"], enc["attention_mask"])
         got = loaded(enc["input_ids"], enc["attention_mask"])
+        assert torch.equal(via_folder(enc["input_ids"], enc["attention_mask"]), got)
     assert (expected - got).abs().max().item() < 1e-4
 
 
@@ -141,3 +145,33 @@ def test_resume_refuses_a_changed_recipe_and_continues_an_equal_one(tiny_run):
         train(changed, resume=True, show_progress=False)
     again = train(cfg, resume=True, show_progress=False)  # already at its last step: nothing left to do
     assert again["step"] == summary["step"]
+
+
+def test_cosine_head_starts_as_the_cosine_of_the_pooled_features():
+    """Identity projectors: step 0 scores are logit_scale * cos(text vector, label vector) of the backbone."""
+    model = build_model(TrainConfig(head="cosine", logit_scale=7.0, mode="top", top_layers=0)).eval()
+    x = torch.randn(3, 5, model.config.encoder_hidden_size)
+    with torch.no_grad():
+        for projector in (model.text_projector, model.classes_projector):
+            assert torch.allclose(projector(x), x, atol=1e-5)
+    assert model.config.normalize_features and model.logit_scale.item() == pytest.approx(7.0)
+    with pytest.raises(ValueError, match="head must be one of"):
+        build_model(TrainConfig(head="bilinear"))
+
+
+def test_export_swaps_model_files_and_keeps_the_readme(tmp_path):
+    model_dir, target = tmp_path / "model", tmp_path / "default_model"
+    model_dir.mkdir()
+    target.mkdir()
+    (model_dir / "delta.safetensors").write_bytes(b"new")
+    (model_dir / "config.json").write_text("{}")
+    (target / "delta.safetensors").write_bytes(b"old")
+    (target / "README.md").write_text("hand-written")
+    export_model(model_dir, target)
+    assert sorted(f.name for f in target.iterdir()) == ["README.md", "config.json", "delta.safetensors"]
+    assert (target / "delta.safetensors").read_bytes() == b"new"
+    assert (target / "README.md").read_text() == "hand-written"
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no staging left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not mkdtemp's private one
