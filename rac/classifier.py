@@ -107,9 +107,9 @@ class _LabelSet:
         self.names = names
         self.piece_ids = piece_ids
         self.lengths = [len(ids) for ids in piece_ids]
-        self._chunks: dict[tuple[int, int | None], list[tuple[int, int]]] = {}
+        self._chunks: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
-    def chunks(self, budget: int, max_labels: int | None = None) -> list[tuple[int, int]]:
+    def chunks(self, budget: int, max_labels: int) -> list[tuple[int, int]]:
         """``[start, end)`` label ranges whose pieces fit in ``budget`` tokens, in label order (greedy), with
         at most ``max_labels`` labels each (the count spread evenly: 30 labels at 25 go 15 + 15)."""
         key = (budget, max_labels)
@@ -117,9 +117,7 @@ class _LabelSet:
             too_long = [name for name, n in zip(self.names, self.lengths) if n > budget]
             if too_long:
                 raise ValueError(f"label {too_long[0]!r} alone is longer than the {budget} tokens a label chunk may use")
-            count = len(self.lengths)
-            if max_labels:
-                count = math.ceil(count / math.ceil(count / max_labels))
+            count = math.ceil(len(self.lengths) / math.ceil(len(self.lengths) / max_labels))
             ranges, start, used = [], 0, 0
             for i, n in enumerate(self.lengths):
                 if used + n > budget or i - start == count:

@@ -263,6 +263,14 @@ def build_encoder(encoder_config: dict[str, Any]) -> PreTrainedModel:
     return AutoModel.from_config(hf_config)
 
 
+def read_config(folder: Path, *, lowercase_labels: bool | None = None) -> GLiClassConfig:
+    """A checkpoint folder's config.json; ``lowercase_labels`` overrides the stored setting when given."""
+    config = GLiClassConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+    if lowercase_labels is not None:
+        config.lowercase_labels = lowercase_labels
+    return config
+
+
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """Weights of a checkpoint folder: safetensors (single or sharded), else a ``.bin`` read with weights_only."""
     if (folder / WEIGHTS_NAME).is_file():
@@ -389,9 +397,7 @@ class GLiClassModel(nn.Module):
         if not has_weights and (folder / DELTA_NAME).is_file():
             return load_delta_model(folder, reference_compat=reference_compat, lowercase_labels=lowercase_labels,
                                     device=device, max_length=max_length)
-        config = GLiClassConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
-        if lowercase_labels is not None:
-            config.lowercase_labels = lowercase_labels
+        config = read_config(folder, lowercase_labels=lowercase_labels)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = cls(config, tokenizer, reference_compat=reference_compat, max_length=max_length)
         model.load_gliclass_state_dict(read_state_dict(folder))
@@ -685,9 +691,7 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
     base_file = _base_weights_file(Path(base))
     if base_file and metadata.get("base_sha256") and file_sha256(base_file) != metadata["base_sha256"]:
         raise ValueError(f"base weights {base_file} differ from the ones the delta was trained on")
-    config = GLiClassConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
-    if lowercase_labels is not None:
-        config.lowercase_labels = lowercase_labels
+    config = read_config(folder, lowercase_labels=lowercase_labels)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     encoder = AutoModel.from_pretrained(base)
     model = GLiClassModel(config, tokenizer, encoder=encoder, max_length=max_length, reference_compat=reference_compat)
