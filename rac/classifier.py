@@ -198,11 +198,13 @@ class RACClassifier:
         *,
         reference_compat: bool = False,
         device: str | torch.device | None = None,
+        max_labels_per_pass: int | None = None,
     ) -> RACClassifier:
         """Load a classifier: ``model`` is a checkpoint folder or a loaded model (``None``: rac's shipped model),
         ``index`` an index folder or a loaded ``ExampleIndex``, ``embedder`` the index's embedder when loading it.
 
-        ``reference_compat`` keeps gliclass's numerical quirks (see ``rac.model``) when loading.
+        ``reference_compat`` keeps gliclass's numerical quirks (see ``rac.model``) when loading;
+        ``max_labels_per_pass`` as in ``RACClassifier(...)``.
         """
         from rac import model as model_module
 
@@ -223,7 +225,7 @@ class RACClassifier:
             index = ExampleIndex.load(index, embedder)
         elif embedder is not None:
             raise ValueError("embedder= is used when loading an index from a path; a loaded index keeps its own")
-        return cls(model, index)
+        return cls(model, index, max_labels_per_pass=max_labels_per_pass)
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(

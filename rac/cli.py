@@ -214,6 +214,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         ("--index-rows", int, "data", "rows per dataset indexed for RAC (default 500)"),
         ("--dev-per-dataset", int, "data", "held-out rows per dataset for the dev loss (default 10)"),
         ("--rac-rate", float, "data", "share of items RAC-augmented (default 0.5)"),
+        ("--drop-true-rate", float, "data", "share of items shown none of their true labels (default 0.05)"),
         ("--out", str, "train", "run folder: log, checkpoint, model (default runs/default_model)"),
         ("--encoder", str, "train", "HF encoder name or folder (default: the packaged all-MiniLM-L6-v2)"),
         ("--device", str, "train", "torch device, e.g. cuda (default cpu)"),
@@ -295,6 +296,9 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vote-k", type=int, default=DEFAULT_VOTE_K,
                    help="neighbours counted by the retrieval-vote baseline (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default: %(default)s)")
+    p.add_argument("--max-labels-per-pass", type=int, default=None,
+                   help="labels scored together in one sequence; larger sets take more passes "
+                        "(default: the model's max_num_classes)")
     p.add_argument("--out", default=None, help="write OUT.json (all numbers + config) and OUT.md (tables)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=_run_eval)
@@ -307,9 +311,9 @@ def _eval_command(args: argparse.Namespace) -> str:
     parts = ["rac", "eval", *args.datasets, "--k", args.k, "--max-queries", str(args.max_queries), "--max-corpus",
              str(args.max_corpus), "--seed", str(args.seed), "--min-similarity", str(args.min_similarity),
              "--threshold", str(args.threshold), "--vote-k", str(args.vote_k)]
-    for option in ("model", "embedder", "out"):
+    for option in ("model", "embedder", "max_labels_per_pass", "out"):
         if getattr(args, option) is not None:
-            parts += [f"--{option}", getattr(args, option)]
+            parts += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     return shlex.join(parts)
 
 
@@ -323,8 +327,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     report = evaluate(
         args.datasets, model=args.model, embedder=args.embedder, ks=ks, vote_k=args.vote_k,
         max_queries=args.max_queries or None, max_corpus=args.max_corpus or None, seed=args.seed,
-        threshold=args.threshold, min_similarity=args.min_similarity,
-        batch_size=args.batch_size, progress=not args.no_progress, command=_eval_command(args),
+        threshold=args.threshold, min_similarity=args.min_similarity, batch_size=args.batch_size,
+        max_labels_per_pass=args.max_labels_per_pass, progress=not args.no_progress, command=_eval_command(args),
     )
     print(report.table())
     if args.out:

@@ -271,7 +271,8 @@ class EvalReport:
             "",
             f"Model `{c['model']}`, embedder `{c['embedder']}`, k = {', '.join(map(str, c['ks']))} examples with "
             f"cosine >= {c['min_similarity']}, threshold {c['threshold']}, up to {c['max_queries']} queries and "
-            f"{c['max_corpus']} corpus rows per dataset (seeded samples, seed {c['seed']}); {c['device']}, "
+            f"{c['max_corpus']} corpus rows per dataset (seeded samples, seed {c['seed']}), at most "
+            f"{c['max_labels_per_pass']} labels per pass; {c['device']}, "
             f"{c['machine']}; {c['seconds']:.0f} s wall, {c['cpu_seconds']:.0f} s CPU in all.",
             "",
             "Headline metric: macro-F1 of the top label on single-label sets, micro-F1 of the labels scoring >= "
@@ -412,11 +413,13 @@ def evaluate(
     threshold: float = 0.5,
     min_similarity: float = 0.5,
     batch_size: int = 32,
+    max_labels_per_pass: int | None = None,
     progress: bool = True,
     command: str = "",
 ) -> EvalReport:
     """Evaluate ``model`` (a checkpoint path, a loaded ``GLiClassModel``, or ``None`` for rac's default) on
-    each dataset folder; ``command`` is recorded in the report so its numbers can be reproduced."""
+    each dataset folder; ``command`` is recorded in the report so its numbers can be reproduced.
+    ``max_labels_per_pass``: as in ``RACClassifier`` (``None``: the model's ``max_num_classes``)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -435,7 +438,7 @@ def evaluate(
         raise FileNotFoundError(f"no test.jsonl in dataset folder(s): {', '.join(missing)}")
     start, cpu_start = time.perf_counter(), time.process_time()
     embedder = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
-    classifier = RACClassifier.from_pretrained(model)
+    classifier = RACClassifier.from_pretrained(model, max_labels_per_pass=max_labels_per_pass)
     config = {
         "command": command,
         "model": "rac default model" if model is None else str(model if isinstance(model, (str, Path)) else type(model)),
@@ -448,6 +451,7 @@ def evaluate(
         "threshold": threshold,
         "min_similarity": min_similarity,
         "batch_size": batch_size,
+        "max_labels_per_pass": classifier.max_labels_per_pass,
         "device": f"{classifier.model.device}, {torch.get_num_threads()} torch threads",
         "datasets": [str(f) for f in folders],
     }

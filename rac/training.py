@@ -164,6 +164,7 @@ class DataConfig:
     min_similarity: float = 0.5
     noise_rate: float = 0.3
     drop_false_rate: float = 0.5
+    drop_true_rate: float = 0.05
     seed: int = 0
 
     def cache_name(self) -> str:
@@ -174,12 +175,12 @@ class DataConfig:
 
 
 def _with_candidates(
-    rows: Sequence[RACExample], ds: PoolDataset, foreign: Sequence[str], rng: random.Random
+    rows: Sequence[RACExample], ds: PoolDataset, foreign: Sequence[str], rng: random.Random, drop_true_rate: float
 ) -> list[RACExample]:
     """Rows whose ``all_labels`` are sampled candidate sets; the generator keeps them as the item's labels."""
     out = []
     for row in rows:
-        labels, true = sample_candidate_labels(row.true_labels, ds.labels, foreign, rng)
+        labels, true = sample_candidate_labels(row.true_labels, ds.labels, foreign, rng, drop_true_rate=drop_true_rate)
         out.append(RACExample(text=row.text, true_labels=tuple(true), all_labels=tuple(labels)))
     return out
 
@@ -198,8 +199,10 @@ def _dataset_items(
 
     rng = random.Random(seed)
     corpus = rng.sample(ds.train, min(len(ds.train), max(quota, cfg.index_rows)))
-    queries = _with_candidates(corpus, ds, foreign, rng)
-    dev_queries = _with_candidates(rng.sample(ds.heldout, min(cfg.dev_per_dataset, len(ds.heldout))), ds, foreign, rng)
+    queries = _with_candidates(corpus, ds, foreign, rng, cfg.drop_true_rate)
+    dev_queries = _with_candidates(
+        rng.sample(ds.heldout, min(cfg.dev_per_dataset, len(ds.heldout))), ds, foreign, rng, cfg.drop_true_rate
+    )
     options = dict(
         max_examples=cfg.max_examples, min_similarity=cfg.min_similarity, noise_rate=cfg.noise_rate,
         drop_false_rate=cfg.drop_false_rate, tokenizer=tokenizer, max_example_tokens=cfg.max_example_tokens,

@@ -181,7 +181,7 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
                 + [(q, labels) for _, q, _, labels in SEPARABLE])
     out = tmp_path / "res" / "acc"
     code = main(["eval", str(tmp_path / "toy"), str(tmp_path / "halves"), "--k", "0,2", "--max-queries", "3",
-                 "--model", str(model_dir), "--out", str(out), "--no-progress"])
+                 "--model", str(model_dir), "--max-labels-per-pass", "2", "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out.strip().splitlines()
     header = [cell.strip() for cell in printed[0].strip("|").split("|")]
@@ -191,6 +191,7 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
 
     data = json.loads((tmp_path / "res" / "acc.json").read_text())
     assert data["config"]["ks"] == [0, 2] and data["config"]["command"].startswith("rac eval ")
+    assert data["config"]["max_labels_per_pass"] == 2 and "--max-labels-per-pass 2" in data["config"]["command"]
     toy, halves = data["datasets"]
     assert (toy["n_queries"], toy["n_corpus"], toy["corpus_source"], toy["multi_label"]) == (2, 6, "train", False)
     assert (halves["n_queries"], halves["n_corpus"], halves["corpus_source"]) == (3, 4, "half of test")

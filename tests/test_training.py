@@ -11,6 +11,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +53,14 @@ def test_candidate_labels_keep_truth_vary_count_and_stay_in_bounds():
     assert len(sizes) > 10  # the label count really varies
     labels, true = sample_candidate_labels(["positive"], ["negative", "positive"], ["sports"], random.Random(1))
     assert "positive" in true and len(labels) >= 2
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 1.0])
+def test_drop_true_rate_sets_the_share_of_items_without_their_label(rate):
+    rng = random.Random(0)
+    label_set = [f"intent {i}" for i in range(40)]
+    dropped = [not sample_candidate_labels(["intent 3"], label_set, [], rng, drop_true_rate=rate)[1] for _ in range(2000)]
+    assert np.mean(dropped) == pytest.approx(rate, abs=0.04)
 
 
 def test_focal_loss_ignores_padding_slots_and_reduces_to_bce():
