@@ -256,11 +256,21 @@ def usable_length(encoder: nn.Module, tokenizer: Any) -> int:
     return min(limits) if limits else REFERENCE_MAX_LENGTH
 
 
+def backbone_config(encoder_config: dict[str, Any]) -> Any:
+    """The HF config of the backbone, from gliclass's ``encoder_config`` dict."""
+    options = dict(encoder_config)
+    return AutoConfig.for_model(options.pop("model_type"), **options)
+
+
 def build_encoder(encoder_config: dict[str, Any]) -> PreTrainedModel:
     """A randomly initialised HF backbone from its config dict (``AutoModel``, as gliclass does)."""
-    options = dict(encoder_config)
-    hf_config = AutoConfig.for_model(options.pop("model_type"), **options)
-    return AutoModel.from_config(hf_config)
+    return AutoModel.from_config(backbone_config(encoder_config))
+
+
+def load_tokenizer(folder: Path, config: GLiClassConfig) -> Any:
+    """The folder's tokenizer, given the backbone's config: otherwise transformers reads the gliclass
+    ``config.json`` as a backbone config and warns about the unknown model type on every load."""
+    return AutoTokenizer.from_pretrained(folder, config=backbone_config(config.encoder_config))
 
 
 def read_config(folder: Path, *, lowercase_labels: bool | None = None) -> GLiClassConfig:
@@ -398,7 +408,7 @@ class GLiClassModel(nn.Module):
             return load_delta_model(folder, reference_compat=reference_compat, lowercase_labels=lowercase_labels,
                                     device=device, max_length=max_length)
         config = read_config(folder, lowercase_labels=lowercase_labels)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder, config)
         model = cls(config, tokenizer, reference_compat=reference_compat, max_length=max_length)
         model.load_gliclass_state_dict(read_state_dict(folder))
         return model.to(device or "cpu").eval()
@@ -692,7 +702,7 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
     if base_file and metadata.get("base_sha256") and file_sha256(base_file) != metadata["base_sha256"]:
         raise ValueError(f"base weights {base_file} differ from the ones the delta was trained on")
     config = read_config(folder, lowercase_labels=lowercase_labels)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder, config)
     encoder = AutoModel.from_pretrained(base)
     model = GLiClassModel(config, tokenizer, encoder=encoder, max_length=max_length, reference_compat=reference_compat)
     apply_delta(model, load_file(folder / DELTA_NAME), lora_scale=float(metadata["lora_scale"]),

@@ -1,0 +1,91 @@
+"""Where ``RACClassifier.predict`` spends its time on the CPU, at few and at many labels.
+
+Splits one ``predict`` call into input building (tokenization, chunking, example formatting: Python) and
+the model forward, and breaks the forward down by operator with ``torch.profiler``. Same texts and label
+names as ``benchmarks/speed.py`` (its short texts, clinc150 intent names).
+
+    python benchmarks/profile_predict.py                 # short texts, 2 and 50 labels
+    python benchmarks/profile_predict.py --labels 2,25,50,100 --texts 274
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import SHORT_TOKENS, label_sets, load_texts  # noqa: E402
+
+from rac.classifier import RACClassifier  # noqa: E402
+
+#: Operator families the forward's time is reported in (first match wins; the rest is "other").
+FAMILIES = {
+    "matrix products (linear, matmul)": ("addmm", "mm", "bmm", "matmul", "linear", "baddbmm"),
+    "attention (sdpa, softmax)": ("scaled_dot_product", "softmax", "_flash", "_efficient_attention"),
+    "layer norm": ("layer_norm",),
+    "gelu": ("gelu",),
+    "pooling and head (index, mean, norm)": ("index", "gather", "mean", "sum", "norm", "div", "cumsum"),
+}
+
+
+def family(name: str) -> str:
+    bare = name.removeprefix("aten::")
+    for label, keys in FAMILIES.items():
+        if any(bare == k or bare.startswith(k) for k in keys):
+            return label
+    return "other"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", default="2,50", help="comma-separated label counts (default: %(default)s)")
+    parser.add_argument("--texts", type=int, default=200, help="short texts profiled (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="predict batch size (default: %(default)s)")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.labels.split(",")]
+    classifier = RACClassifier.from_pretrained()
+    tokenizer = classifier.model.tokenizer
+    texts = [t for t in load_texts(504) if len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= SHORT_TOKENS]
+    texts = texts[: args.texts]
+    names = label_sets()
+    classifier.predict(texts[:8], names[counts[0]])  # warm-up
+    print(f"command: python benchmarks/profile_predict.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"{len(texts)} short texts (<= {SHORT_TOKENS} tokens), torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs\n")
+    for n in counts:
+        label_set = classifier._label_sets(names[n], len(texts))[1]
+        built = time.perf_counter()
+        _, _, items = classifier._build_items(texts, label_set, [[] for _ in texts], "", False)
+        built = time.perf_counter() - built
+        forward = time.perf_counter()
+        classifier._forward(items, args.batch_size)
+        forward = time.perf_counter() - forward
+        with profile(activities=[ProfilerActivity.CPU]) as prof:  # again, for the operator breakdown
+            classifier._forward(items, args.batch_size)
+        shares: dict[str, float] = {}
+        for event in prof.key_averages():
+            shares[family(event.key)] = shares.get(family(event.key), 0.0) + event.self_cpu_time_total
+        total = sum(shares.values()) or 1.0
+        tokens = sum(len(item.input_ids) for item in items)
+        wall = built + forward
+        print(f"## {n} labels: {len(items) / len(texts):.2f} passes per text, {tokens / len(texts):.0f} tokens per text")
+        print(f"- input building (tokenize, chunk, assemble): {built:.2f} s ({built / wall:.0%} of the call)")
+        print(f"- model forward: {forward:.2f} s ({forward / wall:.0%}), {tokens / forward:.0f} tokens/s")
+        print("- forward self CPU time by operator family (torch.profiler):")
+        for label, value in sorted(shares.items(), key=lambda kv: -kv[1]):
+            print(f"  - {label}: {value / total:.0%}")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
