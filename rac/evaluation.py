@@ -431,6 +431,8 @@ def evaluate(
         raise ValueError(f"ks must be integers >= 0, got {ks}")
     if vote_k < 1:
         raise ValueError(f"vote_k must be >= 1, got {vote_k}")
+    if max_labels_per_pass is not None and max_labels_per_pass < 1:
+        raise ValueError(f"max_labels_per_pass must be >= 1, got {max_labels_per_pass}")
     if not folders:
         raise ValueError("no dataset folders given")
     missing = [str(f) for f in folders if not (Path(f) / "test.jsonl").is_file()]

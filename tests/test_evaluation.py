@@ -212,3 +212,7 @@ def test_cli_eval_rejects_bad_arguments_before_loading_anything(tmp_path: Path, 
     assert "--k must be comma-separated integers" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "no test.jsonl in dataset folder(s)" in capsys.readouterr().err
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "test.jsonl").write_text('{"text": "a", "labels": ["x"]}\n')
+    assert main(["eval", str(tmp_path / "set"), "--max-labels-per-pass", "0"]) == 2
+    assert "max_labels_per_pass must be >= 1, got 0" in capsys.readouterr().err
