@@ -4,14 +4,15 @@ Splits one ``predict`` call into input building (tokenization, chunking, example
 the model forward, and breaks the forward down by operator with ``torch.profiler``. Same texts and label
 names as ``benchmarks/speed.py`` (its short texts, clinc150 intent names).
 
-    python benchmarks/profile_predict.py                 # short texts, 2 and 50 labels
-    python benchmarks/profile_predict.py --labels 2,25,50,100 --texts 274
+    python benchmarks/profile_predict.py --labels 2,25,50,100   # what benchmarks/results/profile_predict.md holds
+    python benchmarks/profile_predict.py --labels 2,50 --texts 50 --out /tmp/profile
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,9 @@ def main() -> int:
     parser.add_argument("--labels", default="2,50", help="comma-separated label counts (default: %(default)s)")
     parser.add_argument("--texts", type=int, default=200, help="short texts profiled (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="predict batch size (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="markdown report (default: benchmarks/results/profile_predict.md)")
     args = parser.parse_args()
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / "profile_predict.md")
     counts = [int(n) for n in args.labels.split(",")]
     classifier = RACClassifier.from_pretrained()
     tokenizer = classifier.model.tokenizer
@@ -59,9 +62,15 @@ def main() -> int:
     texts = texts[: args.texts]
     names = label_sets()
     classifier.predict(texts[:8], names[counts[0]])  # warm-up
-    print(f"command: python benchmarks/profile_predict.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"{len(texts)} short texts (<= {SHORT_TOKENS} tokens), torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs\n")
+    lines = [
+        "# Profile: where RACClassifier.predict spends its time",
+        "",
+        f"Command: `{' '.join(['python benchmarks/profile_predict.py', *sys.argv[1:]])}`",
+        "",
+        f"{len(texts)} short texts (<= {SHORT_TOKENS} tokens) of benchmarks/speed.py, zero-shot, shipped model; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+    ]
     for n in counts:
         label_set = classifier._label_sets(names[n], len(texts))[1]
         built = time.perf_counter()
@@ -78,13 +87,19 @@ def main() -> int:
         total = sum(shares.values()) or 1.0
         tokens = sum(len(item.input_ids) for item in items)
         wall = built + forward
-        print(f"## {n} labels: {len(items) / len(texts):.2f} passes per text, {tokens / len(texts):.0f} tokens per text")
-        print(f"- input building (tokenize, chunk, assemble): {built:.2f} s ({built / wall:.0%} of the call)")
-        print(f"- model forward: {forward:.2f} s ({forward / wall:.0%}), {tokens / forward:.0f} tokens/s")
-        print("- forward self CPU time by operator family (torch.profiler):")
-        for label, value in sorted(shares.items(), key=lambda kv: -kv[1]):
-            print(f"  - {label}: {value / total:.0%}")
-        print()
+        lines += [
+            f"## {n} labels: {len(items) / len(texts):.2f} passes per text, {tokens / len(texts):.0f} tokens per text",
+            "",
+            f"- input building (tokenize, chunk, assemble): {built:.2f} s ({built / wall:.0%} of the call)",
+            f"- model forward: {forward:.2f} s ({forward / wall:.0%}), {tokens / forward:.0f} tokens/s",
+            "- forward self CPU time by operator family (torch.profiler):",
+            *(f"  - {label}: {value / total:.0%}" for label, value in sorted(shares.items(), key=lambda kv: -kv[1])),
+            "",
+        ]
+    report = "\n".join(lines)
+    print(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report, encoding="utf-8")
     return 0
 
 
