@@ -181,6 +181,23 @@ def test_save_load_round_trip(model, saved):
     assert loaded.config.to_dict() == json.loads((saved / "config.json").read_text())
 
 
+def test_loading_does_not_warn_about_the_gliclass_model_type(saved):
+    """The tokenizer used to be loaded as if config.json were a backbone config: a warning on every load."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    hf_logging.get_logger("transformers").addHandler(handler)
+    try:
+        GLiClassModel.from_pretrained(saved)
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert not [m for m in messages if "GLiClass" in m], messages
+
+
 def test_save_is_atomic_and_overwrites(model, tmp_path, monkeypatch):
     target = tmp_path / "ckpt"
     model.save_pretrained(target)
