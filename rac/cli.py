@@ -215,6 +215,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         ("--dev-per-dataset", int, "data", "held-out rows per dataset for the dev loss (default 10)"),
         ("--rac-rate", float, "data", "share of items RAC-augmented (default 0.5)"),
         ("--drop-true-rate", float, "data", "share of items shown none of their true labels (default 0.05)"),
+        ("--noise-rate", float, "data", "chance a RAC example is swapped for a random unrelated one (default 0.3)"),
         ("--out", str, "train", "run folder: log, checkpoint, model (default runs/default_model)"),
         ("--encoder", str, "train", "HF encoder name or folder (default: the packaged all-MiniLM-L6-v2)"),
         ("--device", str, "train", "torch device, e.g. cuda (default cpu)"),
