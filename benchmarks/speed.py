@@ -10,8 +10,8 @@ contains the 2-label set, ...), at 2, 5, 10, 25, 50 and 100 labels:
   with one pass (``max_labels_per_pass`` = the label count): the same input as gliclass. Its scores are
   checked, text by text, against that one-pass input in rac's ``reference_compat`` mode (gliclass averages
   padding into ``avg`` pooling, so its scores depend on the batch; one text per call has none) and must
-  agree to 1e-4 wherever rac also reads one sequence (a label block over half the window is always split,
-  so not at 100 labels);
+  agree to 1e-4 wherever rac also reads one sequence (rac keeps half the window for a long text and splits
+  a label block that does not fit beside it, so at 100 labels texts over ~200 tokens take two passes);
 * a cross-encoder: ``transformers``' ``zero-shot-classification`` pipeline on an NLI-style sequence
   classifier built from the same MiniLM weights with a fresh 3-way head (its speed is measured, not its
   accuracy): one forward pass per text-label pair;
@@ -185,7 +185,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         path, model_name = gliclass_checkpoint(args.model, workdir)
         zero_shot = RACClassifier.from_pretrained(path, device="cpu")
-        # gliclass's input: all labels in one sequence (rac still splits a label block longer than half the window)
+        # gliclass's input: all labels in one sequence (rac still splits labels that do not fit beside a long text)
         one_pass = RACClassifier(zero_shot.model, max_labels_per_pass=max(LABEL_COUNTS))
         compat = RACClassifier.from_pretrained(
             path, device="cpu", reference_compat=True, max_labels_per_pass=max(LABEL_COUNTS)
