@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import SHORT_TOKENS, label_sets, load_texts  # noqa: E402
+from speed import SHORT_TOKENS, label_sets, load_texts, token_lengths  # noqa: E402
 
 from rac.classifier import RACClassifier  # noqa: E402
 
@@ -56,10 +56,9 @@ def main() -> int:
     out = Path(args.out or Path(__file__).resolve().parent / "results" / "profile_predict.md")
     counts = [int(n) for n in args.labels.split(",")]
     classifier = RACClassifier.from_pretrained()
-    tokenizer = classifier.model.tokenizer
-    texts = [t for t in load_texts(504)
-             if len(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]) <= SHORT_TOKENS]
-    texts = texts[: args.texts]
+    mixed = load_texts(504)
+    lengths = token_lengths(mixed, classifier.model.tokenizer)
+    texts = [t for t, n in zip(mixed, lengths) if n <= SHORT_TOKENS][: args.texts]
     names = label_sets()
     classifier.predict(texts[:8], names[counts[0]])  # warm-up
     lines = [

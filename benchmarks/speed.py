@@ -97,6 +97,11 @@ def load_texts(n: int, seed: int = 0) -> list[str]:
     return [group[i] for i in range(per_set) for group in groups][:n]
 
 
+def token_lengths(texts: list[str], tokenizer: Any) -> list[int]:
+    """Backbone tokens of each text, without specials (a text counts as short at <= ``SHORT_TOKENS``)."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
+
 def load_index_rows(per_set: int, seed: int = 0) -> list[RACExample]:
     """Labeled rows for the k=3 index: the train split (scicite has none: validation) of each text's dataset."""
     rng = random.Random(seed)
@@ -203,7 +208,7 @@ def main() -> int:
     retriever = Retriever(index)
 
     tokenizer = zero_shot.model.tokenizer
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    lengths = token_lengths(texts, tokenizer)
     short = [t for t, n in zip(texts, lengths) if n <= SHORT_TOKENS]
     peer = texts[: scale.peer_texts]
 
