@@ -2,8 +2,9 @@
 
 One call, ``predict(texts, labels)``, does what the gliclass pipelines do in three classes, plus RAC:
 
-* with an index, each text's nearest labeled neighbours are appended to it (``rac.formatting``), and the
-  result says which examples the model saw and how similar they were;
+* with an index, each text's nearest labeled neighbours are appended to it (``rac.formatting``), their
+  labels are mixed into the scores (``vote_weight``, ``blend_votes``), and the result says which examples
+  the scores rest on and how similar they were;
 * label sets too big for the backbone's window, or larger than the model's ``max_num_classes`` (25, what
   GLiClass models are trained on), are split into chunks scored in separate passes, so no label is dropped
   and no ``<<LABEL>>`` token is ever truncated (the text and the examples are cut instead);
@@ -60,6 +61,12 @@ LONG_TEXT_OVERLAP = 0.125
 #: Fraction of a long-text window left free for RAC examples when the text has any.
 LONG_TEXT_EXAMPLE_SHARE = 0.25
 
+#: Weight of the retrieved examples' own labels in the final score (``vote_weight``): the model's sigmoid
+#: score is mixed with the share of the retrieved (or given) examples carrying each label,
+#: ``(1 - w) * model + w * share``.
+#: Chosen on held-out test rows of training-pool sets, never on dev (``benchmarks/vote_weight.py``).
+DEFAULT_VOTE_WEIGHT = 0.5
+
 LabelSpec = Union[Sequence[str], Mapping[str, Any]]
 ExampleSpec = Union[RACExample, Mapping[str, Any]]
 
@@ -70,7 +77,8 @@ class ClassificationResult:
 
     ``labels`` holds every candidate label with its score, best first; ``predicted`` the labels at or above
     the threshold (multi-label) or the single best one (single-label); ``examples`` the RAC examples the
-    model actually saw (with their ``similarity`` when retrieved); ``hierarchical`` the scores nested like
+    scores rest on (with their ``similarity`` when retrieved): those in the model's input, and with
+    ``vote_weight > 0`` also any cut from a long text's input, whose labels still count in the vote; ``hierarchical`` the scores nested like
     the label dict, when ``return_hierarchical=True``; ``passes`` how many model inputs the text took (label
     chunks x text windows), so callers can see what large label sets and long texts cost.
     """
@@ -154,6 +162,9 @@ class RACClassifier:
     passes of at most that many labels: GLiClass models are trained on up to 25 labels per sequence, and
     scoring 60 at once cost the shipped model 0.05-0.19 F1 on held-out training-pool sets (hwu64, massive_en;
     ``rac/default_model/README.md``).
+    ``vote_weight`` mixes the labels of a text's retrieved (or given) examples into its scores (``blend_votes``):
+    the model alone under-uses its examples, while their labels are strong evidence on dense corpora.
+    ``0`` leaves the model's scores as they are (exactly gliclass's).
     """
 
     def __init__(
@@ -163,12 +174,15 @@ class RACClassifier:
         *,
         max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
         max_labels_per_pass: int | None = None,
+        vote_weight: float = DEFAULT_VOTE_WEIGHT,
     ):
         if max_labels_per_pass is None:
             max_labels_per_pass = int(model.config.max_num_classes)
         if max_labels_per_pass < 1:
             raise ValueError(f"max_labels_per_pass must be >= 1, got {max_labels_per_pass}")
+        _check_vote_weight(vote_weight)
         self.model = model
+        self.vote_weight = vote_weight
         self.index = index
         self.max_example_tokens = max_example_tokens
         self.max_labels_per_pass = max_labels_per_pass
@@ -200,12 +214,13 @@ class RACClassifier:
         reference_compat: bool = False,
         device: str | torch.device | None = None,
         max_labels_per_pass: int | None = None,
+        vote_weight: float = DEFAULT_VOTE_WEIGHT,
     ) -> RACClassifier:
         """Load a classifier: ``model`` is a checkpoint folder or a loaded model (``None``: rac's shipped model),
         ``index`` an index folder or a loaded ``ExampleIndex``, ``embedder`` the index's embedder when loading it.
 
         ``reference_compat`` keeps gliclass's numerical quirks (see ``rac.model``) when loading;
-        ``max_labels_per_pass`` as in ``RACClassifier(...)``.
+        ``max_labels_per_pass`` and ``vote_weight`` as in ``RACClassifier(...)``.
         """
         from rac import model as model_module
 
@@ -226,7 +241,7 @@ class RACClassifier:
             index = ExampleIndex.load(index, embedder)
         elif embedder is not None:
             raise ValueError("embedder= is used when loading an index from a path; a loaded index keeps its own")
-        return cls(model, index, max_labels_per_pass=max_labels_per_pass)
+        return cls(model, index, max_labels_per_pass=max_labels_per_pass, vote_weight=vote_weight)
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(
@@ -243,6 +258,7 @@ class RACClassifier:
         examples: Sequence[ExampleSpec] | Sequence[Sequence[ExampleSpec] | None] | None = None,
         return_hierarchical: bool = False,
         long_text: bool = False,
+        vote_weight: float | None = None,
     ) -> list[ClassificationResult]:
         """Classify ``texts`` (a string or a list) against ``labels``; one ``ClassificationResult`` per text.
 
@@ -258,6 +274,7 @@ class RACClassifier:
         ``prompt``: a task description placed right after ``<<SEP>>``, as gliclass does.
         ``long_text``: score texts longer than the window in overlapping windows (max per label) instead of
         truncating them.
+        ``vote_weight``: overrides the classifier's (``0``: the model's scores alone).
         An empty list gives an empty list; an empty or blank text is an error.
         """
         texts = _check_texts(texts)
@@ -269,6 +286,7 @@ class RACClassifier:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if prompt is not None and not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        vote_weight = self.vote_weight if vote_weight is None else _check_vote_weight(vote_weight)
         if not texts:
             return []
         specs, label_sets = self._label_sets(labels, len(texts))
@@ -288,7 +306,10 @@ class RACClassifier:
         results = []
         for i, text in enumerate(texts):
             names = label_sets[i].names
-            scores = _combine(torch.stack(windows[i]), multi_label).tolist()
+            # the vote counts every example, also those cut from a long text's input: their labels are evidence
+            scores = blend_votes(_combine(torch.stack(windows[i]), multi_label).numpy(), text_examples[i], names,
+                                 vote_weight, multi_label=multi_label).tolist()
+            used = text_examples[i] if vote_weight > 0 else text_examples[i][: seen[i]]
             ranked = sorted(zip(names, scores), key=lambda pair: -pair[1])
             if multi_label:
                 predicted = [name for name, score in ranked if score >= threshold]
@@ -299,7 +320,7 @@ class RACClassifier:
                     text=text,
                     labels=ranked,
                     predicted=predicted,
-                    examples=list(text_examples[i][: seen[i]]),
+                    examples=list(used),
                     hierarchical=_nest(specs[i], dict(zip(names, scores))) if return_hierarchical else None,
                     passes=passes[i],
                 )
@@ -484,6 +505,44 @@ class RACClassifier:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def blend_votes(
+    scores: np.ndarray,
+    examples: Sequence[RACExample],
+    labels: Sequence[str],
+    weight: float,
+    *,
+    multi_label: bool = True,
+) -> np.ndarray:
+    """``(1 - weight) * scores + weight * share``: ``share`` is, per label, the similarity-weighted fraction of
+    ``examples`` that carry it (equal weights for examples without a similarity; renormalised to sum to 1
+    when ``multi_label`` is off, so softmax scores stay a distribution). Weighting by similarity lets the
+    nearest example break a tie among neighbours that all disagree.
+
+    Scores stay as they are when no example carries any of ``labels`` (none shown, or examples from another
+    label space): the blend only adds evidence that is there.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    position = {label: j for j, label in enumerate(labels)}
+    share = np.zeros(len(labels), dtype=np.float64)
+    weights = [1.0 if example.similarity is None else max(float(example.similarity), 0.0) for example in examples]
+    total = sum(weights) or 1.0
+    for example, weight_of_example in zip(examples, weights):
+        for label in set(example.true_labels):
+            if label in position:
+                share[position[label]] += weight_of_example / total
+    if weight == 0 or not share.any():
+        return scores
+    if not multi_label:
+        share /= share.sum()
+    return (1.0 - weight) * scores + weight * share
+
+
+def _check_vote_weight(weight: Any) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ValueError(f"vote_weight must be a number in [0, 1], got {weight!r}")
+    return float(weight)
+
+
 def _check_texts(texts: Any) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]

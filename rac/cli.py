@@ -137,6 +137,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-similarity", type=float, default=0.5, help="cosine threshold for examples (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=0.5, help="multi-label decision threshold (default: %(default)s)")
     p.add_argument("--single-label", action="store_true", help="softmax over the labels and predict only the best one")
+    p.add_argument("--vote-weight", type=float, default=None,
+                   help="weight of the retrieved examples' labels mixed into the model's scores; 0 = the model alone "
+                        "(default: RACClassifier's)")
     p.add_argument("--prompt", default=None, help="task description placed after the labels")
     p.add_argument("--long-text", action="store_true", help="score long texts in overlapping windows instead of truncating")
     p.add_argument("--batch-size", type=int, default=64, help="most sequences per forward pass (default: %(default)s)")
@@ -189,6 +192,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     results = classifier.predict(
         texts, labels, threshold=args.threshold, multi_label=not args.single_label, k=args.k,
         min_similarity=args.min_similarity, prompt=args.prompt, batch_size=args.batch_size, long_text=args.long_text,
+        vote_weight=args.vote_weight,
     )
     for result in results:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -236,6 +240,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         ("--focal-alpha", float, "train", "focal loss alpha, <0 disables (default 0.75)"),
         ("--focal-gamma", float, "train", "focal loss gamma, 0 gives BCE (default 2)"),
         ("--max-grad-norm", float, "train", "gradient clipping norm (default 1)"),
+        ("--label-code-rate", float, "train", "share of RAC items whose label names are swapped for made-up codes, "
+         "so only the examples tell the answer (default 0)"),
         ("--eval-every", int, "train", "steps between dev-loss evaluations (default 50)"),
         ("--save-every-minutes", float, "train", "minutes between checkpoints (default 5)"),
         ("--max-minutes", float, "train", "stop, with a checkpoint and a model, after this much training time"),
@@ -300,6 +306,9 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-labels-per-pass", type=int, default=None,
                    help="labels scored together in one sequence; larger sets take more passes "
                         "(default: the model's max_num_classes)")
+    p.add_argument("--vote-weight", type=float, default=None,
+                   help="weight of the retrieved examples' labels mixed into the model's scores; 0 = the model alone "
+                        "(default: RACClassifier's)")
     p.add_argument("--out", default=None, help="write OUT.json (all numbers + config) and OUT.md (tables)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=_run_eval)
@@ -312,7 +321,7 @@ def _eval_command(args: argparse.Namespace) -> str:
     parts = ["rac", "eval", *args.datasets, "--k", args.k, "--max-queries", str(args.max_queries), "--max-corpus",
              str(args.max_corpus), "--seed", str(args.seed), "--min-similarity", str(args.min_similarity),
              "--threshold", str(args.threshold), "--vote-k", str(args.vote_k)]
-    for option in ("model", "embedder", "max_labels_per_pass", "out"):
+    for option in ("model", "embedder", "max_labels_per_pass", "vote_weight", "out"):
         if getattr(args, option) is not None:
             parts += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     return shlex.join(parts)
@@ -329,7 +338,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         args.datasets, model=args.model, embedder=args.embedder, ks=ks, vote_k=args.vote_k,
         max_queries=args.max_queries or None, max_corpus=args.max_corpus or None, seed=args.seed,
         threshold=args.threshold, min_similarity=args.min_similarity, batch_size=args.batch_size,
-        max_labels_per_pass=args.max_labels_per_pass, progress=not args.no_progress, command=_eval_command(args),
+        max_labels_per_pass=args.max_labels_per_pass, vote_weight=args.vote_weight, progress=not args.no_progress,
+        command=_eval_command(args),
     )
     print(report.table())
     if args.out:

@@ -5,7 +5,9 @@ half of test is the corpus and the other half the queries) a seeded sample of th
 sample of the queries is embedded once and retrieved once (``max(*ks, vote_k)`` neighbours, cosine >=
 ``min_similarity``), and every column sees those same neighbours:
 
-* the model with the top ``k`` of them as RAC examples, for each ``k`` in ``ks``;
+* ``RACClassifier`` with the top ``k`` of them as RAC examples, for each ``k`` in ``ks``: the model's scores
+  mixed with the examples' labels at the classifier's ``vote_weight`` (``blend_votes``), and, for the
+  largest ``k``, the model's scores alone;
 * embedding zero-shot: cosine between the query and each label name, same embedder, no model;
 * retrieval vote: the labels of the neighbours, no model (rule in ``vote``).
 
@@ -47,6 +49,11 @@ MACRO_TOP1 = "macro_f1_top1"
 MICRO_AT_THRESHOLD = "micro_f1_at_threshold"
 ZERO_SHOT = "embedding zero-shot"
 VOTE = "retrieval vote"
+
+
+def model_alone(k: int) -> str:
+    """Column of the model's own scores at ``k`` examples, before the classifier blends in their labels."""
+    return f"model alone k={k}"
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -157,12 +164,14 @@ def load_dataset(
     max_queries: int | None = DEFAULT_MAX_QUERIES,
     max_corpus: int | None = DEFAULT_MAX_CORPUS,
     seed: int = 0,
+    queries_from_train: bool = False,
 ) -> EvalDataset:
     """Read ``folder``'s train/test splits, halving test (seeded) when there is no train split.
 
     Labels are the sorted union over the whole corpus and test splits, so a query is scored against every
     label the dataset uses; ``max_queries`` queries and ``max_corpus`` corpus rows are kept by seeded samples
-    (``None``: all of them).
+    (``None``: all of them). ``queries_from_train`` splits the train split instead, never reading test: a
+    seeded half are queries, the other half the corpus (for choosing settings without touching test rows).
     """
     from rac.corpus import read_corpus
 
@@ -172,16 +181,17 @@ def load_dataset(
     for name, value in (("max_queries", max_queries), ("max_corpus", max_corpus)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    test = read_corpus(folder / "test.jsonl")
+    split = "train" if queries_from_train else "test"
+    test = read_corpus(folder / f"{split}.jsonl")
     rng = np.random.default_rng(seed)
-    if (folder / "train.jsonl").is_file():
+    if not queries_from_train and (folder / "train.jsonl").is_file():
         corpus, queries, source = read_corpus(folder / "train.jsonl"), test, "train"
     else:
         if len(test) < 2:
-            raise ValueError(f"{folder}: no train split and fewer than 2 test rows to split into corpus and queries")
+            raise ValueError(f"{folder}: fewer than 2 {split} rows to split into corpus and queries")
         order = rng.permutation(len(test))
         half = len(test) // 2
-        corpus, queries, source = [test[i] for i in order[:half]], [test[i] for i in order[half:]], "half of test"
+        corpus, queries, source = [test[i] for i in order[:half]], [test[i] for i in order[half:]], f"half of {split}"
     labels = tuple(sorted({label for row in corpus + test for label in row.true_labels}))
     multi = any(len(row.true_labels) > 1 for row in corpus + test)
     corpus, queries = _sample(corpus, max_corpus, rng), _sample(queries, max_queries, rng)
@@ -230,7 +240,9 @@ class EvalReport:
 
     @property
     def columns(self) -> list[str]:
-        return [f"k={k}" for k in self.config["ks"]] + [ZERO_SHOT, VOTE]
+        ks = self.config["ks"]
+        alone = [model_alone(ks[-1])] if ks[-1] > 0 and self.config.get("vote_weight", 0) > 0 else []
+        return [f"k={k}" for k in ks] + alone + [ZERO_SHOT, VOTE]
 
     def average(self, column: str, *, headline: bool = True) -> float:
         """Mean over datasets of ``column``'s headline (or other) metric."""
@@ -272,11 +284,14 @@ class EvalReport:
             f"Model `{c['model']}`, embedder `{c['embedder']}`, k = {', '.join(map(str, c['ks']))} examples with "
             f"cosine >= {c['min_similarity']}, threshold {c['threshold']}, up to {c['max_queries']} queries and "
             f"{c['max_corpus']} corpus rows per dataset (seeded samples, seed {c['seed']}), at most "
-            f"{c['max_labels_per_pass']} labels per pass; {c['device']}, "
+            f"{c['max_labels_per_pass']} labels per pass, vote weight {c.get('vote_weight', 0)}; {c['device']}, "
             f"{c['machine']}; {c['seconds']:.0f} s wall, {c['cpu_seconds']:.0f} s CPU in all.",
             "",
             "Headline metric: macro-F1 of the top label on single-label sets, micro-F1 of the labels scoring >= "
             "the threshold on multi-label sets (a set is multi-label when any row has more than one label). "
+            "`k=N`: `RACClassifier` with N retrieved examples: the model's scores mixed, at the vote weight, with "
+            "the similarity-weighted share of those examples carrying each label; "
+            f"`{model_alone(c['ks'][-1])}`: the model's scores before that mix. "
             f"`{ZERO_SHOT}`: cosine between text and label-name embeddings as the score (label set: cosine >= "
             f"the threshold). `{VOTE}`: most common label among the "
             f"top {c['vote_k']} neighbours (label set: labels a strict majority of them carry), embedding zero-shot "
@@ -318,7 +333,8 @@ def score_with_model(
     batch_size: int = 32,
     on_chunk: Callable[[int], Any] | None = None,
 ) -> np.ndarray:
-    """``(len(texts), len(labels))`` sigmoid scores, each text shown its own ``examples``.
+    """The model's own ``(len(texts), len(labels))`` sigmoid scores (no vote mixed in), each text shown its
+    own ``examples``.
 
     Texts go to ``predict`` in chunks of ``CHUNK`` so ``on_chunk(n_done)`` can move a progress bar.
     """
@@ -327,7 +343,7 @@ def score_with_model(
     for at in range(0, len(texts), CHUNK):
         results = classifier.predict(
             list(texts[at : at + CHUNK]), list(labels), multi_label=True, batch_size=batch_size,
-            examples=list(examples[at : at + CHUNK]),
+            examples=list(examples[at : at + CHUNK]), vote_weight=0.0,
         )
         for row, result in enumerate(results, start=at):
             for label, score in result.labels:
@@ -335,6 +351,17 @@ def score_with_model(
         if on_chunk is not None:
             on_chunk(len(results))
     return out
+
+
+def with_votes(
+    scores: np.ndarray, examples: Sequence[Sequence[RACExample]], labels: Sequence[str], weight: float
+) -> np.ndarray:
+    """Every row of ``score_with_model``'s scores mixed with its examples' labels as ``RACClassifier`` mixes them."""
+    from rac.classifier import blend_votes
+
+    if not len(scores):
+        return scores
+    return np.stack([blend_votes(row, found, labels, weight) for row, found in zip(scores, examples)])
 
 
 def evaluate_dataset(
@@ -382,7 +409,10 @@ def evaluate_dataset(
         bar = tqdm(total=len(texts), desc=f"{dataset.name} k={k}", disable=not progress, leave=False)
         model_scores = score_with_model(classifier, texts, labels, examples, batch_size=batch_size, on_chunk=bar.update)
         bar.close()
-        scores[f"k={k}"] = Decisions.from_scores(model_scores, threshold).metrics(gold)
+        blended = with_votes(model_scores, examples, labels, classifier.vote_weight)
+        scores[f"k={k}"] = Decisions.from_scores(blended, threshold).metrics(gold)
+        if k == max(ks) and k > 0 and classifier.vote_weight > 0:
+            scores[model_alone(k)] = Decisions.from_scores(model_scores, threshold).metrics(gold)
         lap(f"k={k}")
     scores[ZERO_SHOT] = zero_shot.metrics(gold)
     scores[VOTE] = vote([found[:vote_k] for found in neighbours], labels, zero_shot).metrics(gold)
@@ -414,12 +444,13 @@ def evaluate(
     min_similarity: float = 0.5,
     batch_size: int = 32,
     max_labels_per_pass: int | None = None,
+    vote_weight: float | None = None,
     progress: bool = True,
     command: str = "",
 ) -> EvalReport:
     """Evaluate ``model`` (a checkpoint path, a loaded ``GLiClassModel``, or ``None`` for rac's default) on
     each dataset folder; ``command`` is recorded in the report so its numbers can be reproduced.
-    ``max_labels_per_pass``: as in ``RACClassifier`` (``None``: the model's ``max_num_classes``)."""
+    ``max_labels_per_pass``, ``vote_weight``: as in ``RACClassifier`` (``None``: its defaults)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -433,6 +464,8 @@ def evaluate(
         raise ValueError(f"vote_k must be >= 1, got {vote_k}")
     if max_labels_per_pass is not None and max_labels_per_pass < 1:
         raise ValueError(f"max_labels_per_pass must be >= 1, got {max_labels_per_pass}")
+    if vote_weight is not None and not 0.0 <= vote_weight <= 1.0:
+        raise ValueError(f"vote_weight must be in [0, 1], got {vote_weight}")
     if not folders:
         raise ValueError("no dataset folders given")
     missing = [str(f) for f in folders if not (Path(f) / "test.jsonl").is_file()]
@@ -440,7 +473,8 @@ def evaluate(
         raise FileNotFoundError(f"no test.jsonl in dataset folder(s): {', '.join(missing)}")
     start, cpu_start = time.perf_counter(), time.process_time()
     embedder = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
-    classifier = RACClassifier.from_pretrained(model, max_labels_per_pass=max_labels_per_pass)
+    options = {} if vote_weight is None else {"vote_weight": vote_weight}
+    classifier = RACClassifier.from_pretrained(model, max_labels_per_pass=max_labels_per_pass, **options)
     config = {
         "command": command,
         "model": "rac default model" if model is None else str(model if isinstance(model, (str, Path)) else type(model)),
@@ -454,6 +488,7 @@ def evaluate(
         "min_similarity": min_similarity,
         "batch_size": batch_size,
         "max_labels_per_pass": classifier.max_labels_per_pass,
+        "vote_weight": classifier.vote_weight,
         "device": f"{classifier.model.device}, {torch.get_num_threads()} torch threads",
         "datasets": [str(f) for f in folders],
     }

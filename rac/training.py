@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rac.formatting import RACExample, build_model_input
+from rac.formatting import FALSE_LABEL_TOKEN, TRUE_LABEL_TOKEN, RACExample, build_model_input
 from rac.storage import atomic_directory
 
 #: The project's training pool (never ``dev/``).
@@ -399,6 +400,42 @@ def encode_batch(model: Any, items: Sequence[dict], max_length: int) -> dict[str
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "targets": targets, "mask": mask}
 
 
+#: A label named inside an example block: the text after a label marker, up to the next marker.
+_EXAMPLE_LABEL = re.compile(f"({re.escape(TRUE_LABEL_TOKEN)}|{re.escape(FALSE_LABEL_TOKEN)}) (.+?)(?= <<)")
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def code_name(rng: random.Random) -> str:
+    """A made-up label name (``"kadu"``, ``"rimo-veta"``): no meaning the backbone could match against the text."""
+    words = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))) for _ in range(rng.randint(1, 2))]
+    return "-".join(words)
+
+
+def with_coded_labels(item: dict, rng: random.Random) -> dict:
+    """The item with every label name, in the label block and in its examples, replaced by a made-up code.
+
+    Only the examples can then tell which code is right, so such items teach copying labels from retrieved
+    examples, the skill that names alone never force (the model otherwise learns to match names and ignore
+    examples). Items whose examples show none of their true labels are returned unchanged: coded, they
+    could not be solved.
+    """
+    shown_true = {m.group(2) for m in _EXAMPLE_LABEL.finditer(item["text"]) if m.group(1) == TRUE_LABEL_TOKEN}
+    if not shown_true.intersection(item["true_labels"]):
+        return item
+    names = list(dict.fromkeys([*item["labels"], *(m.group(2) for m in _EXAMPLE_LABEL.finditer(item["text"]))]))
+    codes: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        code = code_name(rng)
+        while code in used:
+            code = code_name(rng)
+        codes[name] = code
+        used.add(code)
+    text = _EXAMPLE_LABEL.sub(lambda m: f"{m.group(1)} {codes[m.group(2)]}", item["text"])
+    return {**item, "text": text, "labels": [codes[n] for n in item["labels"]],
+            "true_labels": [codes[n] for n in item["true_labels"] if n in codes]}
+
+
 def linear_schedule(warmup: int, total: int) -> Any:
     """LR multiplier: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
     def factor(step: int) -> float:
@@ -437,6 +474,7 @@ class TrainConfig:
     focal_alpha: float = 0.75
     focal_gamma: float = 2.0
     max_grad_norm: float = 1.0
+    label_code_rate: float = 0.0
     eval_every: int = 50
     save_every_minutes: float = 5.0
     max_minutes: float | None = None
@@ -606,6 +644,15 @@ def _log(path: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def _batch_items(items: Sequence[dict], batch: Sequence[int], cfg: TrainConfig, step: int) -> list[dict]:
+    """The batch's items, ``label_code_rate`` of the RAC ones with coded labels (fresh codes each step, seeded)."""
+    rng = random.Random(f"{cfg.seed}/{step}")
+    return [
+        with_coded_labels(items[i], rng) if items[i].get("rac") and rng.random() < cfg.label_code_rate else items[i]
+        for i in batch
+    ]
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> dict:
     """Run (or resume) training; returns a summary with the loss history. The model ends in ``out_dir/model``.
 
@@ -652,7 +699,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
         step = state["step"]
         epoch, pos = divmod(step, len(epoch_batches))
         batches = epoch_batches if epoch == 0 else batch_order(train_items, cfg.batch_size, cfg.seed + epoch)
-        enc = encode_batch(model, [train_items[i] for i in batches[pos]], cfg.max_length)
+        enc = encode_batch(model, _batch_items(train_items, batches[pos], cfg, step), cfg.max_length)
         logits = model(enc["input_ids"].to(cfg.device), enc["attention_mask"].to(cfg.device), enc["targets"].shape[1])
         loss = focal_loss(logits, enc["targets"].to(cfg.device), enc["mask"].to(cfg.device),
                           alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)

@@ -258,10 +258,54 @@ def test_explicit_examples_change_scores_and_are_reported(clf: RACClassifier) ->
     assert_close([per_text[1].scores], [plain[1].scores], tol=1e-6)
 
 
-def test_examples_cut_off_by_a_long_text_are_not_reported(clf: RACClassifier) -> None:
-    result = clf.predict(LONG, LABELS, examples=EXAMPLES)[0]
-    assert result.examples == []
-    assert_close([result.scores], [clf.predict(LONG, LABELS)[0].scores], tol=1e-6)
+def test_vote_weight_mixes_in_the_shown_examples_labels(clf: RACClassifier) -> None:
+    alone = clf.predict(TEXTS, LABELS, examples=EXAMPLES, vote_weight=0.0)
+    mixed = clf.predict(TEXTS, LABELS, examples=EXAMPLES)  # the default weight
+    share = {label: 0.5 for label in ("Positive", "technology", "negative", "travel")}
+    w = clf.vote_weight
+    assert 0 < w < 1
+    for a, m in zip(alone, mixed):
+        for label in LABELS:
+            assert m.scores[label] == pytest.approx((1 - w) * a.scores[label] + w * share.get(label, 0.0), abs=1e-6)
+        assert m.predicted == [name for name, score in m.labels if score >= 0.5]
+    # single-label: the share is renormalised, so scores stay a distribution
+    single = clf.predict(TEXTS, LABELS, examples=EXAMPLES, multi_label=False)
+    assert all(sum(r.scores.values()) == pytest.approx(1.0, abs=1e-5) for r in single)
+    # no example, or examples carrying none of the candidates: the model's scores are left alone
+    plain = clf.predict(TEXTS, LABELS, vote_weight=0.0)
+    assert_close(scores(clf.predict(TEXTS, LABELS)), scores(plain), tol=0.0)
+    foreign = [RACExample("Is it far?", ("distance",))]
+    assert_close(scores(clf.predict(TEXTS, LABELS, examples=foreign)),
+                 scores(clf.predict(TEXTS, LABELS, examples=foreign, vote_weight=0.0)), tol=0.0)
+    with pytest.raises(ValueError, match="vote_weight"):
+        clf.predict(TEXTS, LABELS, vote_weight=2.0)
+    with pytest.raises(ValueError, match="vote_weight"):
+        RACClassifier(clf.model, vote_weight=-0.1)
+
+
+def test_blend_votes_weights_examples_by_similarity() -> None:
+    from rac.classifier import blend_votes
+
+    labels = ["a", "b", "c"]
+    model = np.array([0.2, 0.4, 0.9])
+    near, far = RACExample("x", ("a",), similarity=0.9), RACExample("y", ("b", "a"), similarity=0.6)
+    share = np.array([1.0, 0.4, 0.0])  # "a": both examples; "b": 0.6 / (0.9 + 0.6)
+    assert blend_votes(model, [near, far], labels, 0.5) == pytest.approx(0.5 * model + 0.5 * share)
+    assert blend_votes(model, [near, far], labels, 1.0) == pytest.approx(share)
+    single = blend_votes(np.array([0.2, 0.3, 0.5]), [near, far], labels, 0.5, multi_label=False)
+    assert single == pytest.approx(0.5 * np.array([0.2, 0.3, 0.5]) + 0.5 * share / share.sum())
+    assert blend_votes(model, [], labels, 0.5) == pytest.approx(model)
+    assert blend_votes(model, [RACExample("z", ("other",), similarity=0.8)], labels, 0.5) == pytest.approx(model)
+
+
+def test_examples_cut_off_by_a_long_text_still_vote(clf: RACClassifier) -> None:
+    alone = clf.predict(LONG, LABELS, examples=EXAMPLES, vote_weight=0.0)[0]
+    assert alone.examples == []  # none fitted in the model's input
+    assert_close([alone.scores], [clf.predict(LONG, LABELS)[0].scores], tol=1e-6)
+    mixed = clf.predict(LONG, LABELS, examples=EXAMPLES)[0]  # their labels still count, and are reported
+    assert mixed.examples == [RACExample.from_dict(e) for e in EXAMPLES]
+    w = clf.vote_weight
+    assert mixed.scores["travel"] == pytest.approx((1 - w) * alone.scores["travel"] + w * 0.5, abs=1e-6)
 
 
 @pytest.fixture(scope="module")

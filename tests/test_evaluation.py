@@ -169,6 +169,11 @@ def test_separable_toy_is_perfect_for_retrieval_vote(tmp_path: Path, random_head
         assert result.scores[VOTE][result.metric] == 1.0
     assert by_name["single"].scores[VOTE][MICRO_AT_THRESHOLD] == 1.0
     assert by_name["single"].scores[ZERO_SHOT][MACRO_TOP1] == 1.0
+    # the classifier mixes its examples' labels in (vote_weight 0.5): with each query's twin as its example,
+    # even an untrained head ranks and thresholds every query right; the untrained model alone does not
+    for result in report.datasets:
+        assert result.scores["k=1"][result.metric] == 1.0
+        assert result.scores["model alone k=1"][result.metric] < 1.0
 
 
 def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_model, capsys) -> None:
@@ -185,8 +190,8 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
     assert code == 0
     printed = capsys.readouterr().out.strip().splitlines()
     header = [cell.strip() for cell in printed[0].strip("|").split("|")]
-    assert header == ["dataset", "type", "metric", "queries", "corpus", "labels", "k=0", "k=2", ZERO_SHOT, VOTE,
-                      "with neighbour"]
+    assert header == ["dataset", "type", "metric", "queries", "corpus", "labels", "k=0", "k=2", "model alone k=2",
+                      ZERO_SHOT, VOTE, "with neighbour"]
     assert [line.split("|")[1].strip() for line in printed[2:]] == ["toy", "halves", "**average**"]
 
     data = json.loads((tmp_path / "res" / "acc.json").read_text())
@@ -197,7 +202,7 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
     assert (halves["n_queries"], halves["n_corpus"], halves["corpus_source"]) == (3, 4, "half of test")
     assert halves["multi_label"] and halves["metric"] == MICRO_AT_THRESHOLD
     for result in data["datasets"]:
-        assert set(result["scores"]) == {"k=0", "k=2", ZERO_SHOT, VOTE}
+        assert set(result["scores"]) == {"k=0", "k=2", "model alone k=2", ZERO_SHOT, VOTE}
         for metrics in result["scores"].values():
             assert set(metrics) == {MACRO_TOP1, MICRO_AT_THRESHOLD}
             assert all(0.0 <= value <= 1.0 for value in metrics.values())
@@ -205,6 +210,13 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
     assert data["average"]["headline"][VOTE] == pytest.approx(average)
     markdown = (tmp_path / "res" / "acc.md").read_text()
     assert data["config"]["command"] in markdown and markdown.count("| **average** |") == 2
+
+    # --vote-weight 0: every k column is the model alone, so the extra column goes
+    assert main(["eval", str(tmp_path / "toy"), "--k", "0,2", "--max-queries", "3", "--model", str(model_dir),
+                 "--vote-weight", "0", "--out", str(out), "--no-progress"]) == 0
+    data = json.loads((tmp_path / "res" / "acc.json").read_text())
+    assert data["config"]["vote_weight"] == 0 and "--vote-weight 0" in data["config"]["command"]
+    assert set(data["datasets"][0]["scores"]) == {"k=0", "k=2", ZERO_SHOT, VOTE}
 
 
 def test_cli_eval_rejects_bad_arguments_before_loading_anything(tmp_path: Path, capsys) -> None:
@@ -216,3 +228,5 @@ def test_cli_eval_rejects_bad_arguments_before_loading_anything(tmp_path: Path, 
     (tmp_path / "set" / "test.jsonl").write_text('{"text": "a", "labels": ["x"]}\n')
     assert main(["eval", str(tmp_path / "set"), "--max-labels-per-pass", "0"]) == 2
     assert "max_labels_per_pass must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "set"), "--vote-weight", "1.5"]) == 2
+    assert "vote_weight must be in [0, 1], got 1.5" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from rac.formatting import EXAMPLE_TOKEN
+from rac.formatting import EXAMPLE_TOKEN, RACExample, append_examples
 from rac.training import (
     DataConfig,
     TrainConfig,
@@ -28,6 +28,7 @@ from rac.training import (
     restore_trainable,
     sample_candidate_labels,
     train,
+    with_coded_labels,
 )
 
 POOL = Path("/work/shared/data/train")
@@ -61,6 +62,24 @@ def test_drop_true_rate_sets_the_share_of_items_without_their_label(rate):
     label_set = [f"intent {i}" for i in range(40)]
     dropped = [not sample_candidate_labels(["intent 3"], label_set, [], rng, drop_true_rate=rate)[1] for _ in range(2000)]
     assert np.mean(dropped) == pytest.approx(rate, abs=0.04)
+
+
+def test_coded_labels_rename_every_name_consistently_and_keep_the_answer_findable():
+    labels = ["sports", "business", "world news"]
+    examples = [RACExample("a goal in extra time", ("sports",)), RACExample("shares fell", ("business",))]
+    item = {"text": append_examples("the match ended 2-1", examples, labels), "labels": labels,
+            "true_labels": ["sports"], "rac": True}
+    coded = with_coded_labels(item, random.Random(0))
+    codes = dict(zip(item["labels"], coded["labels"], strict=True))
+    assert len(set(codes.values())) == 3 and not set(codes.values()) & set(labels)
+    assert coded["true_labels"] == [codes["sports"]]
+    # the text is the same example blocks written with the codes: nothing of the old names is left
+    renamed = [RACExample(e.text, tuple(codes[t] for t in e.true_labels)) for e in examples]
+    assert coded["text"] == append_examples("the match ended 2-1", renamed, coded["labels"])
+    assert "sports" not in coded["text"] and "world news" not in coded["text"]
+    # examples that never show a true label cannot be solved once coded: left as they are
+    unsolvable = {**item, "true_labels": ["world news"]}
+    assert with_coded_labels(unsolvable, random.Random(0)) is unsolvable
 
 
 def test_focal_loss_ignores_padding_slots_and_reduces_to_bce():
