@@ -10,7 +10,7 @@ classifier's own rule), and the average headline F1 (as ``rac eval`` defines it)
 * ``--split test --data /work/shared/data/train``: held-out test rows of the training pool, whose label
   spaces the model did train on (the model's home ground; shown for comparison).
 
-    python benchmarks/vote_weight.py                  # shipped model, dev train splits, 100 queries each, k=3
+    python benchmarks/vote_weight.py --max-queries 200  # shipped model, dev train splits, k=3 (the default's run)
     python benchmarks/vote_weight.py --split test --data /work/shared/data/train --out benchmarks/results/vote_weight_pool
     python benchmarks/vote_weight.py --quick          # 3 sets, 30 queries: a dry run of the machinery
 

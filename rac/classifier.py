@@ -64,7 +64,8 @@ LONG_TEXT_EXAMPLE_SHARE = 0.25
 #: Weight of the retrieved examples' own labels in the final score (``vote_weight``): the model's sigmoid
 #: score is mixed with the share of the retrieved (or given) examples carrying each label,
 #: ``(1 - w) * model + w * share``.
-#: Chosen on held-out test rows of training-pool sets, never on dev (``benchmarks/vote_weight.py``).
+#: Chosen on halves of the dev sets' train splits, label spaces the model never trained on, without reading
+#: a test row (``benchmarks/vote_weight.py``, results in ``benchmarks/results/vote_weight.md``).
 DEFAULT_VOTE_WEIGHT = 0.5
 
 LabelSpec = Union[Sequence[str], Mapping[str, Any]]
