@@ -79,9 +79,10 @@ class ClassificationResult:
     ``labels`` holds every candidate label with its score, best first; ``predicted`` the labels at or above
     the threshold (multi-label) or the single best one (single-label); ``examples`` the RAC examples the
     scores rest on (with their ``similarity`` when retrieved): those in the model's input, and with
-    ``vote_weight > 0`` also any cut from a long text's input, whose labels still count in the vote; ``hierarchical`` the scores nested like
-    the label dict, when ``return_hierarchical=True``; ``passes`` how many model inputs the text took (label
-    chunks x text windows), so callers can see what large label sets and long texts cost.
+    ``vote_weight > 0`` also any cut from a long text's input, whose labels still count in the vote;
+    ``hierarchical`` the scores nested like the label dict, when ``return_hierarchical=True``; ``passes`` how
+    many model inputs the text took (label chunks x text windows), so callers can see what large label sets
+    and long texts cost.
     """
 
     text: str
@@ -181,9 +182,8 @@ class RACClassifier:
             max_labels_per_pass = int(model.config.max_num_classes)
         if max_labels_per_pass < 1:
             raise ValueError(f"max_labels_per_pass must be >= 1, got {max_labels_per_pass}")
-        _check_vote_weight(vote_weight)
         self.model = model
-        self.vote_weight = vote_weight
+        self.vote_weight = _check_vote_weight(vote_weight)
         self.index = index
         self.max_example_tokens = max_example_tokens
         self.max_labels_per_pass = max_labels_per_pass
