@@ -182,18 +182,18 @@ def load_dataset(
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     split = "train" if queries_from_train else "test"
-    test = read_corpus(folder / f"{split}.jsonl")
+    rows = read_corpus(folder / f"{split}.jsonl")
     rng = np.random.default_rng(seed)
     if not queries_from_train and (folder / "train.jsonl").is_file():
-        corpus, queries, source = read_corpus(folder / "train.jsonl"), test, "train"
+        corpus, queries, source = read_corpus(folder / "train.jsonl"), rows, "train"
     else:
-        if len(test) < 2:
+        if len(rows) < 2:
             raise ValueError(f"{folder}: fewer than 2 {split} rows to split into corpus and queries")
-        order = rng.permutation(len(test))
-        half = len(test) // 2
-        corpus, queries, source = [test[i] for i in order[:half]], [test[i] for i in order[half:]], f"half of {split}"
-    labels = tuple(sorted({label for row in corpus + test for label in row.true_labels}))
-    multi = any(len(row.true_labels) > 1 for row in corpus + test)
+        order = rng.permutation(len(rows))
+        half = len(rows) // 2
+        corpus, queries, source = [rows[i] for i in order[:half]], [rows[i] for i in order[half:]], f"half of {split}"
+    labels = tuple(sorted({label for row in corpus + rows for label in row.true_labels}))
+    multi = any(len(row.true_labels) > 1 for row in corpus + rows)
     corpus, queries = _sample(corpus, max_corpus, rng), _sample(queries, max_queries, rng)
     return EvalDataset(folder.name, corpus, queries, labels, multi, source)
 
@@ -291,8 +291,9 @@ class EvalReport:
             "the threshold on multi-label sets (a set is multi-label when any row has more than one label). "
             "`k=N`: `RACClassifier` with N retrieved examples: the model's scores mixed, at the vote weight, with "
             "the similarity-weighted share of those examples carrying each label; "
-            f"`{model_alone(c['ks'][-1])}`: the model's scores before that mix. "
-            f"`{ZERO_SHOT}`: cosine between text and label-name embeddings as the score (label set: cosine >= "
+            + (f"`{model_alone(c['ks'][-1])}`: the model's scores before that mix. "
+               if model_alone(c["ks"][-1]) in self.columns else "")
+            + f"`{ZERO_SHOT}`: cosine between text and label-name embeddings as the score (label set: cosine >= "
             f"the threshold). `{VOTE}`: most common label among the "
             f"top {c['vote_k']} neighbours (label set: labels a strict majority of them carry), embedding zero-shot "
             "when a query has none. `with neighbour`: share of queries with at least one neighbour.",

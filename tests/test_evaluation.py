@@ -217,6 +217,7 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
     data = json.loads((tmp_path / "res" / "acc.json").read_text())
     assert data["config"]["vote_weight"] == 0 and "--vote-weight 0" in data["config"]["command"]
     assert set(data["datasets"][0]["scores"]) == {"k=0", "k=2", ZERO_SHOT, VOTE}
+    assert "model alone" not in (tmp_path / "res" / "acc.md").read_text()
 
 
 def test_cli_eval_rejects_bad_arguments_before_loading_anything(tmp_path: Path, capsys) -> None:
