@@ -88,10 +88,11 @@ def main() -> int:
                                queries_from_train=args.split == "train")
         texts, labels, gold = [q.text for q in dataset.queries], list(dataset.labels), dataset.gold()
         index = ExampleIndex.build(dataset.corpus, embedder, show_progress=False)
-        neighbours = Retriever(index, k=args.k).retrieve(texts)
+        vectors = embedder.encode(texts, show_progress=False)  # once, for retrieval and embedding zero-shot
+        neighbours = Retriever(index, k=args.k).retrieve(texts, vectors=vectors)
         scores = score_with_model(classifier, texts, labels, neighbours)
         metric = MICRO_AT_THRESHOLD if dataset.multi_label else MACRO_TOP1
-        zero_shot = Decisions.from_scores(embedder.encode(texts) @ embedder.encode(labels).T, 0.5)
+        zero_shot = Decisions.from_scores(vectors @ embedder.encode(labels, show_progress=False).T, 0.5)
         row = {
             "dataset": dataset.name, "metric": metric, "labels": len(labels),
             "with_neighbour": float(np.mean([bool(found) for found in neighbours])),
@@ -128,8 +129,9 @@ def main() -> int:
     lines.append("| " + " | ".join(["**average**", "", *[f"**{averages[str(w)]:.3f}**" for w in WEIGHTS],
                                     f"**{vote_average:.3f}**", ""]) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": command, "data": str(args.data), "split": args.split, "k": args.k, "max_queries": max_queries, "max_corpus": args.max_corpus,
-              "seconds": seconds, "datasets": rows, "average": averages, "vote_average": vote_average, "best": best}
+    report = {"command": command, "data": str(args.data), "split": args.split, "k": args.k, "max_queries": max_queries,
+              "max_corpus": args.max_corpus, "seconds": seconds, "datasets": rows, "average": averages,
+              "vote_average": vote_average, "best": best}
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

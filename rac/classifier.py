@@ -523,6 +523,8 @@ def blend_votes(
     label space): the blend only adds evidence that is there.
     """
     scores = np.asarray(scores, dtype=np.float64)
+    if weight == 0 or not examples:
+        return scores
     position = {label: j for j, label in enumerate(labels)}
     share = np.zeros(len(labels), dtype=np.float64)
     weights = [1.0 if example.similarity is None else max(float(example.similarity), 0.0) for example in examples]
@@ -531,7 +533,7 @@ def blend_votes(
         for label in set(example.true_labels):
             if label in position:
                 share[position[label]] += weight_of_example / total
-    if weight == 0 or not share.any():
+    if not share.any():
         return scores
     if not multi_label:
         share /= share.sum()

@@ -419,10 +419,10 @@ def with_coded_labels(item: dict, rng: random.Random) -> dict:
     examples). Items whose examples show none of their true labels are returned unchanged: coded, they
     could not be solved.
     """
-    shown_true = {m.group(2) for m in _EXAMPLE_LABEL.finditer(item["text"]) if m.group(1) == TRUE_LABEL_TOKEN}
-    if not shown_true.intersection(item["true_labels"]):
+    mentions = [(m.group(1), m.group(2)) for m in _EXAMPLE_LABEL.finditer(item["text"])]
+    if not {name for marker, name in mentions if marker == TRUE_LABEL_TOKEN}.intersection(item["true_labels"]):
         return item
-    names = list(dict.fromkeys([*item["labels"], *(m.group(2) for m in _EXAMPLE_LABEL.finditer(item["text"]))]))
+    names = list(dict.fromkeys([*item["labels"], *(name for _, name in mentions)]))
     codes: dict[str, str] = {}
     used: set[str] = set()
     for name in names:
