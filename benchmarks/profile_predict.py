@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import SHORT_TOKENS, label_sets, load_texts, token_lengths  # noqa: E402
 
 from rac.classifier import RACClassifier  # noqa: E402
+from rac.labels import parse_labels  # noqa: E402
 
 #: Operator families the forward's time is reported in (exact aten names; attention by substring).
 #: ``copy_`` belongs to the linear layers: CPU ``addmm`` first copies the bias into its output.
@@ -71,9 +72,9 @@ def main() -> int:
         "",
     ]
     for n in counts:
-        label_set = classifier._label_sets(names[n], len(texts))[1]
+        label_set = classifier.processor.label_sets(parse_labels(names[n], len(texts))[1])
         built = time.perf_counter()
-        _, _, items = classifier._build_items(texts, label_set, [[] for _ in texts], "", False)
+        _, _, items = classifier.processor.build(texts, label_set, [[] for _ in texts])
         built = time.perf_counter() - built
         forward = time.perf_counter()
         classifier._forward(items, args.batch_size)

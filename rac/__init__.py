@@ -14,6 +14,7 @@ _EXPORTS = {
     "RACExample": "rac.formatting",
     "generate_rac_dataset": "rac.generation",
     "GLiClassModel": "rac.model",
+    "GLiClassProcessor": "rac.inputs",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -2,30 +2,23 @@
 
 One call, ``predict(texts, labels)``, does what the gliclass pipelines do in three classes, plus RAC:
 
-* with an index, each text's nearest labeled neighbours are appended to it (``rac.formatting``), their
-  labels are mixed into the scores (``vote_weight``, ``blend_votes``), and the result says which examples
-  the scores rest on and how similar they were;
+* with an index, each text's nearest labeled neighbours are appended to it (``rac.formatting``), what the
+  corpus says about each label (``rac.evidence``) is fused with the model's score by a learned model
+  (``rac.fusion``), and the result says which examples the scores rest on, how similar they were, and how
+  far each source of evidence moved each label's score;
 * label sets too big for the backbone's window, or larger than the model's ``max_num_classes`` (25, what
   GLiClass models are trained on), are split into chunks scored in separate passes, so no label is dropped
   and no ``<<LABEL>>`` token is ever truncated (the text and the examples are cut instead);
 * with ``long_text=True`` texts longer than the window are scored in overlapping windows (max over windows,
   as gliclass's chunking pipeline combines them).
 
-Speed comes from building token ids instead of strings: each label is tokenized once per label set, every
-text once per call (one batched tokenizer call), sequences are assembled by list concatenation, sorted by
-length and batched so padding stays small, and the forward runs under ``torch.inference_mode``.
-
-Inputs are assembled from pieces, which is exact because the GLiClass markers are added tokens: the
-tokenizer splits the string at them and tokenizes the parts in between independently. A part that follows a
-marker is tokenized with a ``<<SEP>>`` in front (then dropped) so that tokenizers which treat the start of
-the string specially (SentencePiece's prefix space) see it in the same position as in the full string.
+Labels are parsed by ``rac.labels`` and model inputs built by ``rac.inputs.GLiClassProcessor`` (the same
+builder training and ``rac generate`` use); this module runs the passes and turns logits into results.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections import Counter
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,40 +28,30 @@ import numpy as np
 import torch
 
 from rac.embedding import length_sorted_batches
-from rac.formatting import (
-    DEFAULT_EXAMPLE_TOKENS,
-    EXAMPLE_TOKEN,
-    GLICLASS_TOKENS,
-    RAC_TOKENS,
-    SEP_TOKEN,
-    RACExample,
-    append_examples,
-    label_block,
-)
+from rac.evidence import KNN_DEPTH, Evidence, IndexStatistics, gather
+from rac.formatting import DEFAULT_EXAMPLE_TOKENS, RACExample
+from rac.fusion import FILE_NAME as FUSION_FILE
+from rac.fusion import EvidenceFusion, default_fusion_path
+from rac.inputs import GLiClassProcessor, ModelInput
+from rac.labels import LabelSpec, nest_scores, parse_labels
+from rac.precision import autocast, dtype_name, resolve_dtype
+from rac.shortlist import Shortlist, fill_scores, select
 
 if TYPE_CHECKING:
     from rac.embedding import Embedder
     from rac.index import ExampleIndex
     from rac.model import GLiClassModel
 
-#: Joins the levels of hierarchical labels: ``{"sentiment": ["positive"]}`` -> ``sentiment.positive``.
-LABEL_SEPARATOR = "."
 DEFAULT_BATCH_SIZE = 64
+#: Label sets whose name embeddings the shortlist keeps (label sets change rarely; each is ~1.5 MB per 1,000).
+LABEL_VECTOR_SETS = 8
 #: Cap on padded tokens per forward pass (sequences x longest), so long inputs are batched fewer at a time.
 MAX_BATCH_TOKENS = 8192
-#: Fraction of a long-text window repeated in the next window, so no passage is only seen cut in half.
-LONG_TEXT_OVERLAP = 0.125
-#: Fraction of a long-text window left free for RAC examples when the text has any.
-LONG_TEXT_EXAMPLE_SHARE = 0.25
 
-#: Weight of the retrieved examples' own labels in the final score (``vote_weight``): the model's sigmoid
-#: score is mixed with the share of the retrieved (or given) examples carrying each label,
-#: ``(1 - w) * model + w * share``.
-#: Chosen on halves of the dev sets' train splits, label spaces the model never trained on, without reading
-#: a test row (``benchmarks/vote_weight.py``, results in ``benchmarks/results/vote_weight.md``).
-DEFAULT_VOTE_WEIGHT = 0.5
+#: Settings file ``save_pretrained`` writes beside the model and the fusion.
+SETTINGS_FILE = "rac_classifier.json"
+SETTINGS_FORMAT = "rac-classifier"
 
-LabelSpec = Union[Sequence[str], Mapping[str, Any]]
 ExampleSpec = Union[RACExample, Mapping[str, Any]]
 
 
@@ -78,11 +61,16 @@ class ClassificationResult:
 
     ``labels`` holds every candidate label with its score, best first; ``predicted`` the labels at or above
     the threshold (multi-label) or the single best one (single-label); ``examples`` the RAC examples the
-    scores rest on (with their ``similarity`` when retrieved): those in the model's input, and with
-    ``vote_weight > 0`` also any cut from a long text's input, whose labels still count in the vote;
-    ``hierarchical`` the scores nested like the label dict, when ``return_hierarchical=True``; ``passes`` how
-    many model inputs the text took (label chunks x text windows), so callers can see what large label sets
-    and long texts cost.
+    scores rest on (with their ``similarity`` when retrieved): those shown to the model (all of them count
+    in the evidence, also any cut from a long text's input); ``hierarchical`` the scores nested like the
+    label dict, when ``return_hierarchical=True``; ``passes`` how many model inputs the text took (label
+    chunks x text windows), so callers can see what large label sets and long texts cost.
+
+    When the corpus had a say (an index and ``k > 0``, or given examples), ``evidence`` holds per label the
+    raw evidence (``rac.evidence``: the model's own score, the shown examples' and the neighbours' label
+    shares, the prototype cosine, whether the index holds the label, retrieval reliability) and
+    ``contributions`` per label how far each source moved the fused score (in logits, relative to the
+    fitting data's average label; ``None`` with the fusion off).
     """
 
     text: str
@@ -91,6 +79,8 @@ class ClassificationResult:
     examples: list[RACExample] = field(default_factory=list)
     hierarchical: dict[str, Any] | None = None
     passes: int = 1
+    evidence: dict[str, dict[str, float]] | None = None
+    contributions: dict[str, dict[str, float]] | None = None
 
     @property
     def scores(self) -> dict[str, float]:
@@ -107,51 +97,11 @@ class ClassificationResult:
         }
         if self.hierarchical is not None:
             out["hierarchical"] = self.hierarchical
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
+        if self.contributions is not None:
+            out["contributions"] = self.contributions
         return out
-
-
-class _LabelSet:
-    """One candidate label list, tokenized once: the ids of each ``<<LABEL>>name`` piece, and its chunkings."""
-
-    def __init__(self, names: tuple[str, ...], piece_ids: list[list[int]]):
-        self.names = names
-        self.piece_ids = piece_ids
-        self.lengths = [len(ids) for ids in piece_ids]
-        self._chunks: dict[tuple[int, int], list[tuple[int, int]]] = {}
-
-    def chunks(self, budget: int, max_labels: int) -> list[tuple[int, int]]:
-        """``[start, end)`` label ranges whose pieces fit in ``budget`` tokens, in label order (greedy), with
-        at most ``max_labels`` labels each (the count spread evenly: 30 labels at 25 go 15 + 15)."""
-        key = (budget, max_labels)
-        if key not in self._chunks:
-            too_long = [name for name, n in zip(self.names, self.lengths) if n > budget]
-            if too_long:
-                raise ValueError(f"label {too_long[0]!r} alone is longer than the {budget} tokens a label chunk may use")
-            count = math.ceil(len(self.lengths) / math.ceil(len(self.lengths) / max_labels))
-            ranges, start, used = [], 0, 0
-            for i, n in enumerate(self.lengths):
-                if used + n > budget or i - start == count:
-                    ranges.append((start, i))
-                    start, used = i, 0
-                used += n
-            ranges.append((start, len(self.lengths)))
-            self._chunks[key] = ranges
-        return self._chunks[key]
-
-    def block_ids(self, start: int, end: int) -> list[int]:
-        """Token ids of ``<<LABEL>>a<<LABEL>>b`` for labels ``start..end`` (``<<SEP>>`` not included)."""
-        return [token for ids in self.piece_ids[start:end] for token in ids]
-
-
-@dataclass
-class _Item:
-    """One model input: window ``piece`` of a text, scored against labels ``start..end`` of its label set."""
-
-    piece: int
-    start: int
-    end: int
-    input_ids: list[int]
-    examples_seen: int
 
 
 class RACClassifier:
@@ -164,9 +114,18 @@ class RACClassifier:
     passes of at most that many labels: GLiClass models are trained on up to 25 labels per sequence, and
     scoring 60 at once cost the shipped model 0.05-0.19 F1 on held-out training-pool sets (hwu64, massive_en;
     ``rac/default_model/README.md``).
-    ``vote_weight`` mixes the labels of a text's retrieved (or given) examples into its scores (``blend_votes``):
-    the model alone under-uses its examples, while their labels are strong evidence on dense corpora.
-    ``0`` leaves the model's scores as they are (exactly gliclass's).
+    ``fusion`` (an ``EvidenceFusion``) turns the model's score and the corpus's evidence into the final score
+    whenever the corpus has a say (an index and ``k > 0``, or given examples); ``None`` keeps the model's own
+    scores (exactly gliclass's). ``knn_k`` neighbours feed the evidence's kNN share (one search serves it and
+    the model's ``k`` examples).
+    ``dtype`` (``rac.precision``: ``auto``, ``float32``, ``bfloat16``, ``float16`` on CUDA) is the precision the
+    forward runs in, under autocast with the weights left in float32: ``auto`` is bf16 where the hardware runs
+    it natively, and ``float32`` gives exactly the scores of a model without autocast.
+    ``shortlist``: a text with more candidate labels than ``max_labels_per_pass`` has only that many scored,
+    in one pass: those its examples carry and the rest by cosine between the text and the label names
+    (``rac.shortlist``; the index's embedder, or the packaged default without an index). The others rank
+    below every shortlisted label, with scores under ``rac.shortlist.OUTSIDE_CEILING`` and no evidence.
+    ``False`` scores every label, in as many passes as it takes.
     """
 
     def __init__(
@@ -176,33 +135,60 @@ class RACClassifier:
         *,
         max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
         max_labels_per_pass: int | None = None,
-        vote_weight: float = DEFAULT_VOTE_WEIGHT,
+        fusion: EvidenceFusion | None = None,
+        knn_k: int = KNN_DEPTH,
+        dtype: str | None = "auto",
+        shortlist: bool = True,
     ):
         if max_labels_per_pass is None:
             max_labels_per_pass = int(model.config.max_num_classes)
-        if max_labels_per_pass < 1:
-            raise ValueError(f"max_labels_per_pass must be >= 1, got {max_labels_per_pass}")
+        if fusion is not None and not isinstance(fusion, EvidenceFusion):
+            raise TypeError(f"fusion must be an EvidenceFusion or None, got {type(fusion).__name__}")
+        if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
+            raise ValueError(f"knn_k must be an integer >= 1, got {knn_k!r}")
         self.model = model
-        self.vote_weight = _check_vote_weight(vote_weight)
+        self.dtype = resolve_dtype(dtype, model.device)
+        self.fusion = fusion
+        self.knn_k = knn_k
+        self.shortlist = bool(shortlist)
+        self._shortlist_embedder: Embedder | None = None
+        self._label_vectors: dict[tuple[str, ...], np.ndarray] = {}  # per label set, a few at a time
         self.index = index
-        self.max_example_tokens = max_example_tokens
-        self.max_labels_per_pass = max_labels_per_pass
         self._retriever = None
+        self._statistics = None
         if index is not None:
             from rac.retrieval import Retriever
 
             self._retriever = Retriever(index)
-        tokenizer = model.tokenizer
-        self._prompt_first = bool(model.config.prompt_first)
-        self._lowercase = bool(model.config.lowercase_labels)
-        # The tokenizer's own specials around one sequence ([CLS] ... [SEP]), found by wrapping a probe.
-        probe = tokenizer("a", add_special_tokens=False)["input_ids"]
-        full = tokenizer("a")["input_ids"]
-        at = next(i for i in range(len(full)) if full[i : i + len(probe)] == probe)
-        self._prefix, self._suffix = full[:at], full[at + len(probe) :]
-        self._sep_id = tokenizer.convert_tokens_to_ids(SEP_TOKEN)
-        self._example_id = tokenizer.get_vocab().get(EXAMPLE_TOKEN)
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            self._statistics = IndexStatistics(index)
+        self.processor = GLiClassProcessor.from_model(
+            model, max_example_tokens=max_example_tokens, max_labels_per_pass=max_labels_per_pass
+        )
+
+    @property
+    def max_example_tokens(self) -> int | None:
+        """Model tokens each example's text is cut to (``processor.max_example_tokens``)."""
+        return self.processor.max_example_tokens
+
+    @property
+    def max_labels_per_pass(self) -> int:
+        """Most labels scored in one pass (``processor.max_labels_per_pass``)."""
+        return self.processor.max_labels_per_pass
+
+    @property
+    def dtype_name(self) -> str:
+        """The forward's precision as reports record it (``"bfloat16"``, ``"float32"``, ...)."""
+        return dtype_name(self.dtype)
+
+    def __repr__(self) -> str:
+        return (f"RACClassifier(index={self.index!r}, dtype={self.dtype_name!r}, "
+                f"max_labels_per_pass={self.max_labels_per_pass}, shortlist={self.shortlist}, fusion={self.fusion!r})")
+
+    def with_index(self, index: ExampleIndex | None) -> RACClassifier:
+        """The same classifier (model, fusion, settings) over another index; the model is shared, not copied."""
+        return type(self)(self.model, index, max_example_tokens=self.max_example_tokens,
+                          max_labels_per_pass=self.max_labels_per_pass, fusion=self.fusion, knn_k=self.knn_k,
+                          dtype=self.dtype_name, shortlist=self.shortlist)
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -215,15 +201,39 @@ class RACClassifier:
         reference_compat: bool = False,
         device: str | torch.device | None = None,
         max_labels_per_pass: int | None = None,
-        vote_weight: float = DEFAULT_VOTE_WEIGHT,
+        fusion: EvidenceFusion | str | Path | None = "default",
+        knn_k: int | None = None,
+        dtype: str | None = "auto",
+        shortlist: bool | None = None,
     ) -> RACClassifier:
         """Load a classifier: ``model`` is a checkpoint folder or a loaded model (``None``: rac's shipped model),
         ``index`` an index folder or a loaded ``ExampleIndex``, ``embedder`` the index's embedder when loading it.
 
         ``reference_compat`` keeps gliclass's numerical quirks (see ``rac.model``) when loading;
-        ``max_labels_per_pass`` and ``vote_weight`` as in ``RACClassifier(...)``.
+        ``max_labels_per_pass``, ``knn_k``, ``dtype`` and ``shortlist`` as in ``RACClassifier(...)`` (``None``:
+        what ``save_pretrained`` stored, else the defaults); ``dtype`` is also the precision of the query
+        embedder of an index loaded here.
+        ``fusion``: ``"default"`` is the fusion saved with the model (a folder written by ``save_pretrained``,
+        or the one shipped with rac's model); a plain gliclass checkpoint has none, so its scores stay the
+        model's own until one is fitted for it (``rac fit-fusion --model``). ``None`` turns it off; a path or
+        an ``EvidenceFusion`` uses that one.
         """
         from rac import model as model_module
+
+        settings = _read_settings(model) if isinstance(model, (str, Path)) else {}
+        if fusion == "default":
+            if model is None:
+                fusion = default_fusion_path() if default_fusion_path().is_file() else None
+            elif isinstance(model, (str, Path)) and (Path(model) / FUSION_FILE).is_file():
+                fusion = Path(model) / FUSION_FILE
+            else:
+                fusion = None
+        if isinstance(fusion, (str, Path)):
+            fusion = EvidenceFusion.load(fusion)
+        if max_labels_per_pass is None:
+            max_labels_per_pass = settings.get("max_labels_per_pass")
+        knn_k = knn_k if knn_k is not None else settings.get("knn_k", KNN_DEPTH)
+        shortlist = shortlist if shortlist is not None else settings.get("shortlist", True)
 
         if model is None:
             model = model_module.load_default_model(device=device, reference_compat=reference_compat)
@@ -239,10 +249,29 @@ class RACClassifier:
         if isinstance(index, (str, Path)):
             from rac.index import ExampleIndex
 
-            index = ExampleIndex.load(index, embedder)
+            # a given Embedder keeps its own dtype; one loaded here by name gets the classifier's
+            index = ExampleIndex.load(index, embedder, dtype=dtype if embedder is None or isinstance(embedder, str) else None)
         elif embedder is not None:
             raise ValueError("embedder= is used when loading an index from a path; a loaded index keeps its own")
-        return cls(model, index, max_labels_per_pass=max_labels_per_pass, vote_weight=vote_weight)
+        return cls(model, index, max_example_tokens=settings.get("max_example_tokens", DEFAULT_EXAMPLE_TOKENS),
+                   max_labels_per_pass=max_labels_per_pass, fusion=fusion, knn_k=knn_k, dtype=dtype,
+                   shortlist=shortlist)
+
+    def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model (a gliclass checkpoint), the fusion and the settings, so ``from_pretrained(path)``
+        restores the same classifier (the index is saved on its own: ``ExampleIndex.save``)."""
+        path = Path(path)
+        self.model.save_pretrained(path, overwrite=overwrite, extra_files=self._extra_files())
+        return path
+
+    def _extra_files(self) -> dict[str, str]:
+        """File name -> text of what ``save_pretrained`` writes beside the model."""
+        settings = {"format": SETTINGS_FORMAT, "max_labels_per_pass": self.max_labels_per_pass,
+                    "max_example_tokens": self.max_example_tokens, "knn_k": self.knn_k, "shortlist": self.shortlist}
+        files = {SETTINGS_FILE: json.dumps(settings, indent=1) + "\n"}
+        if self.fusion is not None:
+            files[FUSION_FILE] = json.dumps(self.fusion.to_dict(), indent=1) + "\n"
+        return files
 
     # ------------------------------------------------------------------------------------------ predict
     def predict(
@@ -259,7 +288,6 @@ class RACClassifier:
         examples: Sequence[ExampleSpec] | Sequence[Sequence[ExampleSpec] | None] | None = None,
         return_hierarchical: bool = False,
         long_text: bool = False,
-        vote_weight: float | None = None,
     ) -> list[ClassificationResult]:
         """Classify ``texts`` (a string or a list) against ``labels``; one ``ClassificationResult`` per text.
 
@@ -275,7 +303,7 @@ class RACClassifier:
         ``prompt``: a task description placed right after ``<<SEP>>``, as gliclass does.
         ``long_text``: score texts longer than the window in overlapping windows (max per label) instead of
         truncating them.
-        ``vote_weight``: overrides the classifier's (``0``: the model's scores alone).
+        Where the corpus has a say (an index and ``k > 0``, or ``examples``), the scores are the fusion's.
         An empty list gives an empty list; an empty or blank text is an error.
         """
         texts = _check_texts(texts)
@@ -287,13 +315,18 @@ class RACClassifier:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if prompt is not None and not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        vote_weight = self.vote_weight if vote_weight is None else _check_vote_weight(vote_weight)
         if not texts:
             return []
-        specs, label_sets = self._label_sets(labels, len(texts))
-        text_examples = self._examples(texts, examples, k, min_similarity)
+        specs, label_names = parse_labels(labels, len(texts))
+        text_examples, neighbours, vectors = self._examples(texts, examples, k, min_similarity)
+        shortlists = self._shortlists(texts, label_names, text_examples, vectors)
+        label_sets = self.processor.label_sets(
+            [names if picked is None else tuple(names[j] for j in picked.kept)
+             for names, picked in zip(label_names, shortlists)]
+        )
+        statistics = self._statistics.snapshot() if neighbours is not None else None
 
-        pieces, piece_text, items = self._build_items(texts, label_sets, text_examples, prompt or "", long_text)
+        pieces, piece_text, items = self.processor.build(texts, label_sets, text_examples, prompt or "", long_text)
         logits = [torch.empty(len(label_sets[t].names)) for t in piece_text]
         seen, passes = [0] * len(texts), [0] * len(texts)
         for item, row in zip(items, self._forward(items, batch_size)):
@@ -307,11 +340,21 @@ class RACClassifier:
         results = []
         for i, text in enumerate(texts):
             names = label_sets[i].names
-            # the vote counts every example, also those cut from a long text's input: their labels are evidence
-            scores = blend_votes(_combine(torch.stack(windows[i]), multi_label).numpy(), text_examples[i], names,
-                                 vote_weight, multi_label=multi_label).tolist()
-            used = text_examples[i] if vote_weight > 0 else text_examples[i][: seen[i]]
-            ranked = sorted(zip(names, scores), key=lambda pair: -pair[1])
+            stacked = torch.stack(windows[i])
+            scores = _combine(stacked, multi_label).numpy().astype(np.float64)
+            evidence = contributions = None
+            if neighbours is not None or examples is not None:
+                # the evidence counts every example, also those cut from a long text's input
+                found = gather(_combine(stacked, True).numpy(), names, text_examples[i],
+                               None if neighbours is None else neighbours[i], statistics,
+                               None if vectors is None else vectors[i])
+                evidence = found.as_dicts(names)
+                if self.fusion is not None:
+                    scores, contributions = self._fuse(found, names, multi_label)
+            if shortlists[i] is not None:
+                names, scores = label_names[i], fill_scores(shortlists[i], scores)
+            used = text_examples[i] if self.fusion is not None else text_examples[i][: seen[i]]
+            ranked = sorted(zip(names, scores.tolist()), key=lambda pair: -pair[1])
             if multi_label:
                 predicted = [name for name, score in ranked if score >= threshold]
             else:
@@ -322,48 +365,69 @@ class RACClassifier:
                     labels=ranked,
                     predicted=predicted,
                     examples=list(used),
-                    hierarchical=_nest(specs[i], dict(zip(names, scores))) if return_hierarchical else None,
+                    hierarchical=nest_scores(specs[i], dict(zip(names, scores.tolist()))) if return_hierarchical else None,
                     passes=passes[i],
+                    evidence=evidence,
+                    contributions=contributions,
                 )
             )
         return results
 
+    def _fuse(self, evidence: Evidence, names: Sequence[str], multi_label: bool) -> tuple[np.ndarray, dict]:
+        """Fused scores (a distribution when single-label) and each source's contribution per label."""
+        fused = self.fusion.score(evidence)
+        if not multi_label:
+            fused = fused / fused.sum()
+        return fused, dict(zip(names, self.fusion.contributions(evidence)))
+
     # ------------------------------------------------------------------------------------- internals
-    def _label_sets(self, labels: Any, n_texts: int) -> tuple[list[LabelSpec], list[_LabelSet]]:
-        """Per text: the label spec as given (for nesting) and its tokenized, deduplicated flat label set."""
-        if isinstance(labels, str) or not isinstance(labels, (Sequence, Mapping)):
-            raise TypeError(f"labels must be a list or a dict of label groups, got {type(labels).__name__}")
-        if not labels:
-            raise ValueError("no labels given")
-        per_text = not isinstance(labels, Mapping) and all(
-            isinstance(spec, Mapping) or (isinstance(spec, Sequence) and not isinstance(spec, str)) for spec in labels
-        )
-        if per_text and len(labels) != n_texts:
-            raise ValueError(f"got {len(labels)} label lists for {n_texts} texts; pass one list per text or one shared list")
-        specs = list(labels) if per_text else [labels] * n_texts
-        cache: dict[int, tuple[tuple[str, ...], list[str]]] = {}  # id(spec) -> (names, duplicates)
-        for spec in specs:
-            if id(spec) not in cache:
-                flat = _flatten(spec)
-                if not flat:
-                    raise ValueError("no labels given")
-                names = tuple(dict.fromkeys(flat))
-                cache[id(spec)] = names, [name for name, n in Counter(flat).items() if n > 1]
-        duplicates = sorted({name for _, dups in cache.values() for name in dups})
-        if duplicates:
-            warnings.warn(f"duplicate labels ignored (each is scored once): {duplicates}", UserWarning, stacklevel=3)
+    def _shortlists(
+        self,
+        texts: list[str],
+        label_names: Sequence[tuple[str, ...]],
+        text_examples: Sequence[Sequence[RACExample]],
+        vectors: np.ndarray | None,
+    ) -> list[Shortlist | None]:
+        """Per text, the labels the model scores (``rac.shortlist.select``), or ``None`` where all of them fit
+        one pass or the shortlist is off. ``vectors``: the texts' embeddings when retrieval made them."""
+        size = self.max_labels_per_pass
+        todo = [i for i, names in enumerate(label_names) if self.shortlist and len(names) > size]
+        out: list[Shortlist | None] = [None] * len(texts)
+        if not todo:
+            return out
+        embedder = self.shortlist_embedder
+        if vectors is None:
+            vectors = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
+            vectors[todo] = embedder.encode([texts[i] for i in todo])
+        for i in todo:
+            names = label_names[i]
+            if names not in self._label_vectors:
+                if len(self._label_vectors) >= LABEL_VECTOR_SETS:
+                    del self._label_vectors[next(iter(self._label_vectors))]
+                self._label_vectors[names] = embedder.encode(list(names))
+            position = {name: j for j, name in enumerate(names)}
+            carried = {position[label] for example in text_examples[i] for label in example.true_labels
+                       if label in position}
+            out[i] = select(self._label_vectors[names] @ vectors[i], size, carried=carried)
+        return out
 
-        sets: dict[tuple[str, ...], _LabelSet] = {}
-        missing = list(dict.fromkeys(names for names, _ in cache.values()))
-        # one tokenizer call for every distinct label: "<<LABEL>>name<<SEP>>" minus the trailing <<SEP>> id
-        pieces = [label_block([name], lowercase=self._lowercase) for names in missing for name in names]
-        ids = iter(self.model.tokenizer(pieces, add_special_tokens=False)["input_ids"])
-        for names in missing:
-            sets[names] = _LabelSet(names, [next(ids)[:-1] for _ in names])
-        return specs, [sets[cache[id(spec)][0]] for spec in specs]
+    @property
+    def shortlist_embedder(self) -> Embedder:
+        """What embeds texts and label names for the shortlist: the index's embedder, else the packaged one."""
+        if self.index is not None:
+            return self.index.embedder
+        if self._shortlist_embedder is None:
+            from rac.embedding import Embedder
 
-    def _examples(self, texts: list[str], examples: Any, k: int, min_similarity: float) -> list[list[RACExample]]:
-        """Per text, the RAC examples to show: the given ones, else retrieved ones (``k`` > 0 and an index)."""
+            self._shortlist_embedder = Embedder(device=str(self.model.device), dtype=self.dtype_name)
+        return self._shortlist_embedder
+
+    def _examples(
+        self, texts: list[str], examples: Any, k: int, min_similarity: float
+    ) -> tuple[list[list[RACExample]], list[list[RACExample]] | None, np.ndarray | None]:
+        """Per text, the RAC examples to show (the given ones, else the top ``k`` retrieved with cosine >=
+        ``min_similarity``), and, when retrieving, the ``knn_k`` nearest examples without the cut and the
+        query vectors: one embedding and one search serve the model's input and the evidence."""
         if examples is not None:
             if isinstance(examples, (str, Mapping, RACExample)) or not isinstance(examples, Sequence):
                 raise TypeError("examples must be a list of examples, or one list (or None) per text")
@@ -371,106 +435,15 @@ class RACClassifier:
             if per_text and len(examples) != len(texts):
                 raise ValueError(f"got {len(examples)} example lists for {len(texts)} texts")
             lists = list(examples) if per_text else [examples] * len(texts)
-            return [[_as_example(item) for item in (group or ())] for group in lists]
+            return [[_as_example(item) for item in (group or ())] for group in lists], None, None
         if self._retriever is None or k == 0:
-            return [[] for _ in texts]
-        return self._retriever.retrieve(texts, k=k, min_similarity=min_similarity)
+            return [[] for _ in texts], None, None
+        vectors = self.index.embedder.encode(texts)
+        found = self._retriever.retrieve(texts, k=max(k, self.knn_k), min_similarity=-1.0, vectors=vectors)
+        shown = [[hit for hit in hits if hit.similarity >= min_similarity][:k] for hits in found]
+        return shown, [hits[: self.knn_k] for hits in found], vectors
 
-    def _tokenize(self, strings: list[str], cache: dict[str, list[int]], spans: dict[str, np.ndarray] | None = None) -> None:
-        """Put the token ids of new text parts in ``cache`` (and their character spans in ``spans``).
-
-        Parts are tokenized after a ``<<SEP>>`` when labels come first, where they sit in the full input.
-        """
-        context = SEP_TOKEN if self._prompt_first else ""
-        todo = [s for s in dict.fromkeys(strings) if s not in cache or (spans is not None and s not in spans)]
-        if not todo:
-            return
-        encoded = self.model.tokenizer(
-            [context + s for s in todo], add_special_tokens=False, return_offsets_mapping=spans is not None
-        )
-        skip = 1 if context else 0
-        for s, ids in zip(todo, encoded["input_ids"]):
-            cache[s] = ids[skip:]
-        if spans is not None:
-            for s, offsets in zip(todo, encoded["offset_mapping"]):
-                spans[s] = np.asarray(offsets[skip:], dtype=np.int64).reshape(-1, 2) - len(context)
-
-    def _build_items(
-        self,
-        texts: list[str],
-        label_sets: list[_LabelSet],
-        text_examples: list[list[RACExample]],
-        prompt: str,
-        long_text: bool,
-    ) -> tuple[list[str], list[int], list[_Item]]:
-        """Split texts into windows (``long_text``) and labels into chunks; assemble every input's token ids.
-
-        Returns the text pieces (windows), the text each piece comes from, and the model inputs.
-        """
-        cache: dict[str, list[int]] = {}
-        spans: dict[str, np.ndarray] | None = {} if long_text else None
-        head = prompt if self._prompt_first else ""
-        # with labels last, the prompt follows <<SEP>> at the end of every sequence
-        tail = self._ids_after_sep(prompt) if prompt and not self._prompt_first else []
-        # tokens for label pieces + text part: the window minus the tokenizer's specials, <<SEP>> and the tail
-        window = self.model.max_length - len(self._prefix) - len(self._suffix) - 1 - len(tail)
-        if window < 16:
-            raise ValueError(f"the {self.model.max_length}-token model window leaves no room for labels and text")
-        strings = [head + text for text in texts]
-        self._tokenize(strings, cache, spans)
-        prompt_tokens = len(self._ids_after_sep(head)) if head else 0
-
-        pieces: list[str] = []
-        piece_text: list[int] = []
-        chunks: list[list[tuple[int, int]]] = []
-        for i, text in enumerate(texts):
-            length, label_set = len(cache[strings[i]]), label_sets[i]
-            # labels get what the text leaves free, but at least half the window; longer texts are truncated
-            chunks.append(label_set.chunks(max(window - length, window // 2), self.max_labels_per_pass))
-            room = window - max(sum(label_set.lengths[a:b]) for a, b in chunks[i])
-            if long_text and length > room:
-                size = room - prompt_tokens
-                if text_examples[i]:
-                    size = int(size * (1 - LONG_TEXT_EXAMPLE_SHARE))
-                if size < 16:
-                    raise ValueError("the prompt leaves no room for the text windows of long_text")
-                windows = _windows(text, spans[strings[i]], len(head), size)
-            else:
-                windows = [text]
-            pieces += windows
-            piece_text += [i] * len(windows)
-
-        keys, parts = [], []
-        for piece, i in enumerate(piece_text):
-            for start, end in chunks[i]:
-                slot = append_examples(
-                    pieces[piece],
-                    text_examples[i],
-                    label_sets[i].names[start:end],
-                    max_example_tokens=self.max_example_tokens,
-                    tokenizer=self.model.tokenizer,
-                )
-                keys.append((piece, start, end))
-                parts.append(head + slot)
-        self._tokenize(parts, cache)
-        items = []
-        for (piece, start, end), part in zip(keys, parts):
-            i = piece_text[piece]
-            label_ids = label_sets[i].block_ids(start, end)
-            kept = cache[part][: window - len(label_ids)]  # cut the text part's end: examples first, then text
-            seen = kept.count(self._example_id) if self._example_id is not None else len(text_examples[i])
-            if self._prompt_first:
-                ids = label_ids + [self._sep_id] + kept
-            else:
-                ids = kept + label_ids + [self._sep_id] + tail
-            items.append(_Item(piece, start, end, self._prefix + ids + self._suffix, seen))
-        return pieces, piece_text, items
-
-    def _ids_after_sep(self, string: str) -> list[int]:
-        """Ids of ``string`` as tokenized right after ``<<SEP>>``."""
-        return self.model.tokenizer(SEP_TOKEN + string, add_special_tokens=False)["input_ids"][1:]
-
-    def _forward(self, items: list[_Item], batch_size: int) -> list[torch.Tensor]:
+    def _forward(self, items: list[ModelInput], batch_size: int) -> list[torch.Tensor]:
         """Logit rows for ``items`` (in their order), computed in length-sorted batches.
 
         A batch holds at most ``batch_size`` sequences and ``MAX_BATCH_TOKENS`` padded tokens, and is cut
@@ -483,9 +456,10 @@ class RACClassifier:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.model.device, self.dtype):
                 for batch in batches:
-                    logits = self.model(*self._tensors([items[i] for i in batch]), num_labels=max(
+                    tensors = (t.to(self.model.device) for t in self.processor.pad([items[i] for i in batch]))
+                    logits = self.model(*tensors, num_labels=max(
                         items[i].end - items[i].start for i in batch
                     )).float().cpu()
                     for row, i in enumerate(batch):
@@ -494,56 +468,19 @@ class RACClassifier:
             self.model.train(was_training)
         return rows
 
-    def _tensors(self, batch: list[_Item]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ``input_ids`` and ``attention_mask`` on the model's device."""
-        lengths = np.array([len(item.input_ids) for item in batch])
-        input_ids = np.full((len(batch), lengths.max()), self._pad_id, dtype=np.int64)
-        for row, item in enumerate(batch):
-            input_ids[row, : lengths[row]] = item.input_ids
-        mask = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int64)
-        device = self.model.device
-        return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
-
-
 # ------------------------------------------------------------------------------------------- helpers
-def blend_votes(
-    scores: np.ndarray,
-    examples: Sequence[RACExample],
-    labels: Sequence[str],
-    weight: float,
-    *,
-    multi_label: bool = True,
-) -> np.ndarray:
-    """``(1 - weight) * scores + weight * share``: ``share`` is, per label, the similarity-weighted fraction of
-    ``examples`` that carry it (equal weights for examples without a similarity; renormalised to sum to 1
-    when ``multi_label`` is off, so softmax scores stay a distribution). Weighting by similarity lets the
-    nearest example break a tie among neighbours that all disagree.
-
-    Scores stay as they are when no example carries any of ``labels`` (none shown, or examples from another
-    label space): the blend only adds evidence that is there.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if weight == 0 or not examples:
-        return scores
-    position = {label: j for j, label in enumerate(labels)}
-    share = np.zeros(len(labels), dtype=np.float64)
-    weights = [1.0 if example.similarity is None else max(float(example.similarity), 0.0) for example in examples]
-    total = sum(weights) or 1.0
-    for example, weight_of_example in zip(examples, weights):
-        for label in set(example.true_labels):
-            if label in position:
-                share[position[label]] += weight_of_example / total
-    if not share.any():
-        return scores
-    if not multi_label:
-        share /= share.sum()
-    return (1.0 - weight) * scores + weight * share
-
-
-def _check_vote_weight(weight: Any) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-        raise ValueError(f"vote_weight must be a number in [0, 1], got {weight!r}")
-    return float(weight)
+def _read_settings(folder: str | Path) -> dict[str, Any]:
+    """The settings ``save_pretrained`` wrote (empty for a plain gliclass checkpoint)."""
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON settings file ({err})") from None
+    if not isinstance(settings, dict) or settings.get("format") != SETTINGS_FORMAT:
+        raise ValueError(f"{path}: not a rac classifier settings file (format != {SETTINGS_FORMAT!r})")
+    return settings
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -559,52 +496,12 @@ def _check_texts(texts: Any) -> list[str]:
     return list(texts)
 
 
-def _check_label(label: Any) -> str:
-    if not isinstance(label, str):
-        raise TypeError(f"labels must be strings, got {type(label).__name__} {label!r}")
-    if not label.strip():
-        raise ValueError("labels must not be empty strings")
-    marker = next((m for m in GLICLASS_TOKENS + RAC_TOKENS if m in label), None)
-    if marker:
-        raise ValueError(f"label {label!r} contains the model marker {marker}")
-    return label
-
-
-def _flatten(spec: Any, prefix: str = "") -> list[str]:
-    """Labels of a flat list or a (nested) dict of groups, as ``group.sub.label`` (gliclass's flattening)."""
-    join = (lambda name: f"{prefix}{LABEL_SEPARATOR}{name}") if prefix else (lambda name: name)
-    if isinstance(spec, Mapping):
-        return [label for key, value in spec.items() for label in _flatten(value, join(_check_label(key)))]
-    if isinstance(spec, str):
-        return [join(_check_label(spec))]
-    if isinstance(spec, Sequence):
-        return [join(_check_label(label)) for label in spec]
-    raise TypeError(f"labels must be strings, lists or dicts of groups, got {type(spec).__name__} {spec!r}")
-
-
-def _nest(spec: Any, scores: dict[str, float], prefix: str = "") -> dict[str, Any]:
-    """Scores laid out like ``spec``: ``{"sentiment": {"positive": 0.9, ...}}`` (``{label: score}`` for a list)."""
-    join = (lambda name: f"{prefix}{LABEL_SEPARATOR}{name}") if prefix else (lambda name: name)
-    if isinstance(spec, Mapping):
-        return {key: _nest(value, scores, join(key)) for key, value in spec.items()}
-    names = [spec] if isinstance(spec, str) else spec
-    return {name: scores[join(name)] for name in names}
-
-
 def _as_example(item: Any) -> RACExample:
     if isinstance(item, RACExample):
         return item
     if isinstance(item, Mapping):
         return RACExample.from_dict(dict(item))
     raise TypeError(f"an example must be a dict or a RACExample, got {type(item).__name__}")
-
-
-def _windows(text: str, offsets: np.ndarray, head: int, size: int) -> list[str]:
-    """Overlapping substrings of ``text`` of about ``size`` tokens, cut at token boundaries."""
-    spans = offsets[offsets[:, 0] >= head] - head  # tokens of the text itself (not the prompt)
-    stride = max(1, size - int(size * LONG_TEXT_OVERLAP))
-    starts = range(0, max(len(spans) - size, 0) + stride, stride)
-    return [text[spans[s, 0] : spans[min(s + size, len(spans)) - 1, 1]] for s in starts]
 
 
 def _combine(window_logits: torch.Tensor, multi_label: bool) -> torch.Tensor:

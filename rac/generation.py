@@ -4,8 +4,13 @@ For ``n_samples`` corpus rows picked at random: retrieve up to ``max_examples`` 
 ``min_similarity`` (never the row itself), keep the top ``m`` with ``m`` uniform in ``1..len(neighbours)``,
 swap each kept one for a random label-disjoint example with probability ``noise_rate`` (so the model learns
 to distrust irrelevant examples), and when an example has true labels drop its false labels with probability
-``drop_false_rate``. Every corpus row is written (the unpicked ones untouched) in the gliclass format
-``{"text", "all_labels", "true_labels"}``. One seeded generator drives every draw, so a seed fixes the output.
+``drop_false_rate``. One seeded generator drives every draw, so a seed fixes the output.
+
+``sample_rac_items`` returns the draws as structured items (the query and its examples apart), which
+training encodes with ``rac.inputs.GLiClassProcessor``, the builder ``predict`` uses. ``generate_rac_dataset``
+(``rac generate``) writes every corpus row (the unpicked ones untouched) in the gliclass format
+``{"text", "all_labels", "true_labels"}``, the examples appended to the text by that same processor: cut to
+model tokens as ``predict`` cuts them, markers spelled out in the data escaped.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rac.embedding import Embedder
-from rac.formatting import DEFAULT_EXAMPLE_TOKENS, RACExample, append_examples
+from rac.formatting import DEFAULT_EXAMPLE_TOKENS, RACExample
 from rac.index import ExampleIndex
+from rac.inputs import GLiClassProcessor
 from rac.retrieval import Retriever
 
 #: Tries at drawing a label-disjoint random example before settling for any other row.
@@ -57,6 +63,33 @@ def generate_rac_dataset(
     corpus: str | Path | list[RACExample],
     n_samples: int | None = None,
     *,
+    tokenizer: Any = None,
+    max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
+    **recipe: Any,
+) -> tuple[list[dict], dict]:
+    """``(items, summary)``: one gliclass item per corpus row, ``n_samples`` of them (default: all) RAC-augmented.
+
+    Example texts are cut to ``max_example_tokens`` tokens of ``tokenizer`` (default: the shipped model's),
+    as ``RACClassifier.predict`` cuts them; ``recipe`` is ``sample_rac_items``'s keywords.
+    """
+    items, summary = sample_rac_items(corpus, n_samples, **recipe)
+    summary["params"]["max_example_tokens"] = max_example_tokens
+    summary["params"]["tokenizer"] = "rac default model" if tokenizer is None else tokenizer.name_or_path
+    if tokenizer is None:
+        from rac.model import DEFAULT_MODEL_DIR, load_tokenizer, read_config
+
+        tokenizer = load_tokenizer(DEFAULT_MODEL_DIR, read_config(DEFAULT_MODEL_DIR))
+    processor = GLiClassProcessor(tokenizer, max_example_tokens=max_example_tokens)
+    for item in items:
+        shown = [RACExample.from_dict(example) for example in item.pop("examples")]
+        item["text"] = processor.rac_text(item["text"], shown, item["all_labels"])
+    return items, summary
+
+
+def sample_rac_items(
+    corpus: str | Path | list[RACExample],
+    n_samples: int | None = None,
+    *,
     seed: int = 0,
     index: ExampleIndex | None = None,
     embedder: str | Embedder | None = None,
@@ -65,11 +98,10 @@ def generate_rac_dataset(
     noise_rate: float = 0.3,
     drop_false_rate: float = 0.5,
     num_negatives: int = 5,
-    tokenizer: Any = None,
-    max_example_tokens: int | None = DEFAULT_EXAMPLE_TOKENS,
     show_progress: bool | None = None,
 ) -> tuple[list[dict], dict]:
-    """``(items, summary)``: one gliclass item per corpus row, ``n_samples`` of them (default: all) RAC-augmented.
+    """``(items, summary)``: per corpus row ``{"text", "all_labels", "true_labels", "examples"}``, the
+    examples (gliclass dicts) drawn for ``n_samples`` rows (default: all), empty for the rest.
 
     ``index`` reuses a prebuilt index (its stored vectors are reused for corpus rows it contains); otherwise
     the corpus is embedded with ``embedder`` and indexed here.
@@ -113,12 +145,11 @@ def generate_rac_dataset(
     for position, row in enumerate(tqdm(rows, desc="RAC samples", disable=not (show_progress or len(rows) > 20000))):
         candidates = _candidate_labels(rng, row, label_space, num_negatives)
         counts["negatives_sampled_rows"] += row.all_labels is None
-        text = row.text
+        chosen = []
         hits = retrieved.get(position)
         if hits is not None and not hits:
             counts["no_neighbours"] += 1
         if hits:
-            chosen = []
             for example in hits[: int(rng.integers(1, len(hits) + 1))]:
                 if rng.random() < noise_rate:
                     example, disjoint = _unrelated(rng, rows, row)
@@ -129,10 +160,10 @@ def generate_rac_dataset(
                     if rng.random() < drop_false_rate:
                         example = replace(example, all_labels=example.true_labels)  # no false labels left
                         counts["false_labels_dropped"] += 1
-                chosen.append(example)
+                chosen.append(RACExample(example.text, example.true_labels, example.all_labels).to_dict())
             per_sample[len(chosen)] += 1
-            text = append_examples(row.text, chosen, candidates, max_example_tokens=max_example_tokens, tokenizer=tokenizer)
-        items.append({"text": text, "all_labels": candidates, "true_labels": list(row.true_labels)})
+        items.append({"text": row.text, "all_labels": candidates, "true_labels": list(row.true_labels),
+                      "examples": chosen})
 
     total = sum(k * v for k, v in per_sample.items())
     summary = {
@@ -155,8 +186,7 @@ def generate_rac_dataset(
         "rows_with_sampled_negatives": counts["negatives_sampled_rows"],
         "params": {
             "max_examples": max_examples, "min_similarity": min_similarity, "noise_rate": noise_rate,
-            "drop_false_rate": drop_false_rate, "num_negatives": num_negatives,
-            "max_example_tokens": max_example_tokens, "embedder": index.embedder_name,
+            "drop_false_rate": drop_false_rate, "num_negatives": num_negatives, "embedder": index.embedder_name,
         },
     }
     return items, summary

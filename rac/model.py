@@ -267,6 +267,15 @@ def build_encoder(encoder_config: dict[str, Any]) -> PreTrainedModel:
     return AutoModel.from_config(backbone_config(encoder_config))
 
 
+def _is_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a gliclass ``config.json`` (what ``save_pretrained`` may replace)."""
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("encoder_config"), dict)
+
+
 def load_tokenizer(folder: Path, config: GLiClassConfig) -> Any:
     """The folder's tokenizer, given the backbone's config: otherwise transformers reads the gliclass
     ``config.json`` as a backbone config and warns about the unknown model type on every load."""
@@ -397,16 +406,18 @@ class GLiClassModel(nn.Module):
         lowercase_labels: bool | None = None,
         device: str | torch.device | None = None,
         max_length: int | None = None,
+        allow_download: bool = False,
     ) -> GLiClassModel:
         """Load a gliclass-format uni-encoder folder (config.json, weights, tokenizer) in eval mode.
 
-        A folder written by ``save_delta`` (what ``rac train`` produces) loads on top of its base encoder.
+        A folder written by ``save_delta`` (what ``rac train`` produces) loads on top of its base encoder,
+        from local files only unless ``allow_download=True`` (the name comes from the file).
         """
         folder = Path(path)
         has_weights = any((folder / name).is_file() for name in (WEIGHTS_NAME, SAFE_INDEX_NAME, BIN_NAME))
         if not has_weights and (folder / DELTA_NAME).is_file():
             return load_delta_model(folder, reference_compat=reference_compat, lowercase_labels=lowercase_labels,
-                                    device=device, max_length=max_length)
+                                    device=device, max_length=max_length, allow_download=allow_download)
         config = read_config(folder, lowercase_labels=lowercase_labels)
         tokenizer = load_tokenizer(folder, config)
         model = cls(config, tokenizer, reference_compat=reference_compat, max_length=max_length)
@@ -476,15 +487,22 @@ class GLiClassModel(nn.Module):
         """Weights under gliclass's key names, detached and contiguous for safetensors."""
         return {to_gliclass_key(k): v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write config.json (gliclass schema), model.safetensors and the tokenizer; atomic via a temp dir."""
+    def save_pretrained(self, path: str | Path, *, overwrite: bool = False, extra_files: dict[str, str] | None = None) -> Path:
+        """Write config.json (gliclass schema), model.safetensors and the tokenizer; atomic via a temp dir.
+
+        ``extra_files`` (name -> text) are written into the same folder in the same swap (``RACClassifier``
+        puts its fusion and settings there). An existing ``path`` is replaced only when it is empty or a gliclass
+        checkpoint holding no file this save does not write; anything else needs ``overwrite=True``.
+        """
         target = Path(path)
-        with atomic_directory(target) as staging:
+        with atomic_directory(target, kind="gliclass checkpoint", recognise=_is_checkpoint, overwrite=overwrite) as staging:
             self.config.encoder_config = self.encoder.config.to_dict()
             self.config.vocab_size = self.encoder.get_input_embeddings().num_embeddings
             (staging / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True))
             save_file(self.gliclass_state_dict(), staging / WEIGHTS_NAME, metadata={"format": "pt"})
             self.tokenizer.save_pretrained(staging)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text, encoding="utf-8")
         return target
 
     # ------------------------------------------------------------------------------------------- forward
@@ -688,8 +706,12 @@ def save_delta(model: GLiClassModel, path: str | Path, *, base_encoder: str, ext
 
 def load_delta_model(path: str | Path, *, base_encoder: str | None = None, device: str | torch.device | None = None,
                      max_length: int | None = None, reference_compat: bool = False,
-                     lowercase_labels: bool | None = None) -> GLiClassModel:
-    """Base backbone + delta folder -> a plain ``GLiClassModel`` in eval mode (LoRA merged)."""
+                     lowercase_labels: bool | None = None, allow_download: bool = False) -> GLiClassModel:
+    """Base backbone + delta folder -> a plain ``GLiClassModel`` in eval mode (LoRA merged).
+
+    The delta's own ``base_encoder`` name loads from local files only unless ``allow_download=True``; a
+    ``base_encoder`` passed here may download.
+    """
     from safetensors import safe_open
 
     folder = Path(path)
@@ -703,7 +725,15 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
         raise ValueError(f"base weights {base_file} differ from the ones the delta was trained on")
     config = read_config(folder, lowercase_labels=lowercase_labels)
     tokenizer = load_tokenizer(folder, config)
-    encoder = AutoModel.from_pretrained(base)
+    local_only = base_encoder is None and not allow_download
+    try:
+        encoder = AutoModel.from_pretrained(base, local_files_only=local_only)
+    except OSError as err:
+        if not local_only:
+            raise
+        raise ValueError(f"{folder / DELTA_NAME}: base encoder {metadata['base_encoder']!r} is not in the local files, "
+                         "and a name read from a file is not downloaded: pass allow_download=True or base_encoder= "
+                         f"({err})") from None
     model = GLiClassModel(config, tokenizer, encoder=encoder, max_length=max_length, reference_compat=reference_compat)
     apply_delta(model, load_file(folder / DELTA_NAME), lora_scale=float(metadata["lora_scale"]),
                 base_rows=int(metadata["base_rows"]))

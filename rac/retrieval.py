@@ -52,16 +52,17 @@ class Retriever:
             vectors = self.index.embedder.encode(list(texts))
         if len(vectors) != len(texts):
             raise ValueError(f"got {len(vectors)} vectors for {len(texts)} texts")
-        self_ids = [set(self.index.ids_for_text(text)) for text in texts]
-        ids, sims = self.index.search(vectors, k + max(len(s) for s in self_ids))
-        results = []
-        for row_ids, row_sims, skip in zip(ids, sims, self_ids):
-            hits = []
-            for i, sim in zip(row_ids, row_sims):
-                if i < 0 or i in skip or sim < threshold:
-                    continue
-                hits.append(replace(self.index.example(i), similarity=float(sim)))
-                if len(hits) == k:
-                    break
-            results.append(hits)
+        with self.index.reading():  # one state of the index for the self-matches, the search and the hits
+            self_ids = [set(self.index.ids_for_text(text)) for text in texts]
+            ids, sims = self.index.search(vectors, k + max(len(s) for s in self_ids))
+            results = []
+            for row_ids, row_sims, skip in zip(ids, sims, self_ids):
+                hits = []
+                for i, sim in zip(row_ids, row_sims):
+                    if i < 0 or i in skip or sim < threshold:
+                        continue
+                    hits.append(replace(self.index.example(i), similarity=float(sim)))
+                    if len(hits) == k:
+                        break
+                results.append(hits)
         return results

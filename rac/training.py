@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -34,7 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rac.formatting import FALSE_LABEL_TOKEN, TRUE_LABEL_TOKEN, RACExample, build_model_input
+from rac.formatting import RACExample
+from rac.inputs import GLiClassProcessor
+from rac.precision import autocast, dtype_name, resolve_dtype
 from rac.storage import atomic_directory
 
 #: The project's training pool (never ``dev/``).
@@ -45,6 +46,9 @@ HEADS = ("cosine", "dot")
 #: Candidate-label count range of a training item (gliclass's max_num_classes is 25).
 MAX_LABELS = 25
 MIN_LABELS = 2
+#: Layout of prepared items: 2 keeps an item's RAC examples apart from its text (``examples``, gliclass
+#: dicts), so prepared items hold no tokens and ``encode_batch`` builds the ids with predict's builder.
+ITEM_FORMAT = 2
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -124,23 +128,34 @@ def sample_candidate_labels(
     full_set_rate: float = 0.5,
     drop_true_rate: float = 0.05,
     foreign_rate: float = 0.3,
+    hard_negatives: Sequence[str] = (),
+    hard_negative_rate: float = 0.0,
 ) -> tuple[list[str], list[str]]:
     """Candidate labels (shuffled, 2..25) and the true ones among them.
 
     Half the time the whole label set is shown when it fits (the evaluation setting); otherwise a random
     count of the dataset's negatives.  A few labels from other tasks teach the model to reject unrelated
     names; rarely the true labels are left out so an all-negative answer is learned too.
+    With ``hard_negative_rate``, negatives start from ``hard_negatives`` (hardest first: the labels a
+    shortlist would put next to the true ones), and a label set too large for one pass is then shown as a
+    full 25-label pass ``full_set_rate`` of the time, as the shortlist hands it to the model at inference.
     """
     true = list(dict.fromkeys(t for t in true_labels if t in label_set))
     negatives = [lab for lab in label_set if lab not in true]
     if len(label_set) >= 3 and rng.random() < drop_true_rate:
         true = []
     room = MAX_LABELS - len(true)
+    hard = [lab for lab in dict.fromkeys(hard_negatives) if lab in negatives]
+    use_hard = bool(hard) and rng.random() < hard_negative_rate
     if len(label_set) <= MAX_LABELS and rng.random() < full_set_rate:
         chosen = list(negatives)
     else:
-        k = rng.randint(max(0, MIN_LABELS - len(true)), min(room, len(negatives)))
-        chosen = rng.sample(negatives, k)
+        full_pass = use_hard and len(label_set) > MAX_LABELS and rng.random() < full_set_rate
+        k = min(room, len(negatives)) if full_pass else rng.randint(max(0, MIN_LABELS - len(true)), min(room, len(negatives)))
+        # the hardest few lead (between 1 and all k of them), random negatives fill the rest
+        chosen = hard[: rng.randint(1, min(k, len(hard)))] if use_hard and k else []
+        taken = set(chosen)
+        chosen += rng.sample([lab for lab in negatives if lab not in taken], k - len(chosen))
     labels = true + chosen
     if foreign_labels and (len(labels) < MIN_LABELS or rng.random() < foreign_rate):
         n_foreign = max(MIN_LABELS - len(labels), rng.randint(1, 3))
@@ -148,6 +163,36 @@ def sample_candidate_labels(
         labels += rng.sample(list(foreign_labels), n_foreign)
     rng.shuffle(labels)
     return labels, [lab for lab in labels if lab in true]
+
+
+def hard_negative_lists(
+    rows: Sequence[RACExample], labels: Sequence[str], embedder: Any, index: Any = None, *, neighbours: int = 5,
+) -> list[list[str]]:
+    """Per row, the negatives a model most easily confuses with its true labels, hardest first.
+
+    First the labels that the row's nearest ``index`` neighbours carry (what retrieval shows next to it),
+    then the dataset's labels by the cosine of their names to the nearest true label's name.
+    """
+    labels = list(labels)
+    vectors = embedder.encode(labels, show_progress=False)
+    similarity = vectors @ vectors.T
+    position = {label: j for j, label in enumerate(labels)}
+    near: list[list[str]] = [[] for _ in rows]
+    if index is not None and len(index):
+        found = index.search(embedder.encode([r.text for r in rows], show_progress=False), neighbours + 1)[0]
+        for i, (row, ids) in enumerate(zip(rows, found)):
+            near[i] = [lab for j in ids if j >= 0 and index.example(j).text != row.text
+                       for lab in index.example(j).true_labels]
+    out = []
+    for row, carried in zip(rows, near):
+        true = [position[t] for t in row.true_labels if t in position]
+        if not true:
+            out.append(carried)
+            continue
+        closeness = similarity[true].max(0)
+        by_name = [labels[j] for j in np.argsort(-closeness, kind="stable")]
+        out.append([lab for lab in dict.fromkeys([*carried, *by_name]) if lab not in row.true_labels])
+    return out
 
 
 @dataclass
@@ -166,28 +211,38 @@ class DataConfig:
     noise_rate: float = 0.3
     drop_false_rate: float = 0.5
     drop_true_rate: float = 0.05
+    hard_negative_rate: float = 0.0
+    #: Pool datasets left out of training (kept unseen for fitting the evidence fusion, ``rac.fusion``).
+    exclude: list[str] = field(default_factory=list)
     seed: int = 0
 
     def cache_name(self) -> str:
+        """Names the prepared set by all it depends on: this config and the item layout. Items hold no token
+        ids (``encode_batch`` builds them per batch), so a new encoder, tokenizer or length cannot make a
+        cached set stale."""
         import hashlib
 
-        key = json.dumps(asdict(self), sort_keys=True)
+        key = json.dumps({**asdict(self), "item_format": ITEM_FORMAT}, sort_keys=True)
         return "prepared-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
 def _with_candidates(
-    rows: Sequence[RACExample], ds: PoolDataset, foreign: Sequence[str], rng: random.Random, drop_true_rate: float
+    rows: Sequence[RACExample], ds: PoolDataset, foreign: Sequence[str], rng: random.Random, cfg: DataConfig,
+    hard: Sequence[Sequence[str]] | None = None,
 ) -> list[RACExample]:
     """Rows whose ``all_labels`` are sampled candidate sets; the generator keeps them as the item's labels."""
     out = []
-    for row in rows:
-        labels, true = sample_candidate_labels(row.true_labels, ds.labels, foreign, rng, drop_true_rate=drop_true_rate)
+    for i, row in enumerate(rows):
+        labels, true = sample_candidate_labels(
+            row.true_labels, ds.labels, foreign, rng, drop_true_rate=cfg.drop_true_rate,
+            hard_negatives=hard[i] if hard else (), hard_negative_rate=cfg.hard_negative_rate,
+        )
         out.append(RACExample(text=row.text, true_labels=tuple(true), all_labels=tuple(labels)))
     return out
 
 
 def _dataset_items(
-    ds: PoolDataset, quota: int, foreign: Sequence[str], cfg: DataConfig, seed: int, embedder: Any, tokenizer: Any
+    ds: PoolDataset, quota: int, foreign: Sequence[str], cfg: DataConfig, seed: int, embedder: Any
 ) -> tuple[list[dict], list[dict]]:
     """(train, dev) items of one dataset; ``rac_rate`` of each RAC-augmented by ``rac.generation``.
 
@@ -195,31 +250,34 @@ def _dataset_items(
     queries are drawn from those rows (the retriever never returns a query to itself) and dev queries from
     the held-out split.
     """
-    from rac.generation import generate_rac_dataset
+    from rac.generation import sample_rac_items
     from rac.index import ExampleIndex
 
     rng = random.Random(seed)
     corpus = rng.sample(ds.train, min(len(ds.train), max(quota, cfg.index_rows)))
-    queries = _with_candidates(corpus, ds, foreign, rng, cfg.drop_true_rate)
-    dev_queries = _with_candidates(
-        rng.sample(ds.heldout, min(cfg.dev_per_dataset, len(ds.heldout))), ds, foreign, rng, cfg.drop_true_rate
-    )
+    dev_rows = rng.sample(ds.heldout, min(cfg.dev_per_dataset, len(ds.heldout)))
+    index = ExampleIndex.build([RACExample(r.text, r.true_labels) for r in corpus], embedder) if cfg.rac_rate else None
+    hard = dev_hard = None
+    if cfg.hard_negative_rate > 0:
+        hard = hard_negative_lists(corpus, ds.labels, embedder, index)
+        dev_hard = hard_negative_lists(dev_rows, ds.labels, embedder, index)
+    queries = _with_candidates(corpus, ds, foreign, rng, cfg, hard)
+    dev_queries = _with_candidates(dev_rows, ds, foreign, rng, cfg, dev_hard)
     options = dict(
         max_examples=cfg.max_examples, min_similarity=cfg.min_similarity, noise_rate=cfg.noise_rate,
-        drop_false_rate=cfg.drop_false_rate, tokenizer=tokenizer, max_example_tokens=cfg.max_example_tokens,
-        show_progress=False,
+        drop_false_rate=cfg.drop_false_rate, show_progress=False,
     )
-    index = ExampleIndex.build([RACExample(r.text, r.true_labels) for r in corpus], embedder) if cfg.rac_rate else None
 
     def generate(rows: list[RACExample], n_rac: int, keep: int, gen_seed: int) -> list[dict]:
         if n_rac:
-            items, _ = generate_rac_dataset(rows, n_rac, seed=gen_seed, index=index, **options)
+            items, _ = sample_rac_items(rows, n_rac, seed=gen_seed, index=index, **options)
         else:
             items = [
-                {"text": r.text, "all_labels": list(r.all_labels), "true_labels": list(r.true_labels)} for r in rows
+                {"text": r.text, "all_labels": list(r.all_labels), "true_labels": list(r.true_labels), "examples": []}
+                for r in rows
             ]
-        for item, row in zip(items, rows, strict=True):
-            item["rac"] = item["text"] != row.text
+        for item in items:
+            item["rac"] = bool(item["examples"])
         augmented = [i for i in items if i["rac"]]
         plain = [i for i in items if not i["rac"]]
         return augmented + plain[: max(0, keep - len(augmented))]
@@ -228,19 +286,19 @@ def _dataset_items(
     dev = generate(dev_queries, round(len(dev_queries) * cfg.rac_rate), len(dev_queries), seed + 1)
     return [
         [
-            {"text": i["text"], "labels": i["all_labels"], "true_labels": i["true_labels"], "dataset": ds.name,
-             "rac": i["rac"]}
+            {"text": i["text"], "labels": i["all_labels"], "true_labels": i["true_labels"], "examples": i["examples"],
+             "dataset": ds.name, "rac": i["rac"]}
             for i in items
         ]
         for items in (train, dev)
     ]
 
 
-def prepare_items(cfg: DataConfig, *, tokenizer: Any = None, embedder: Any = None) -> tuple[list[dict], list[dict]]:
-    """Build (train, dev) items ``{"text", "labels", "true_labels", "dataset", "rac"}`` from the pool."""
-    pool = load_pool(cfg.data_dir, cfg.datasets or None)
+def prepare_items(cfg: DataConfig, *, embedder: Any = None) -> tuple[list[dict], list[dict]]:
+    """Build (train, dev) items ``{"text", "labels", "true_labels", "examples", "dataset", "rac"}`` from the pool."""
+    pool = [ds for ds in load_pool(cfg.data_dir, cfg.datasets or None) if ds.name not in cfg.exclude]
     quotas = balanced_quotas([len(d.train) for d in pool], cfg.n_items)
-    if embedder is None and cfg.rac_rate > 0:
+    if embedder is None and (cfg.rac_rate > 0 or cfg.hard_negative_rate > 0):
         from rac.embedding import Embedder
 
         embedder = Embedder()
@@ -248,7 +306,7 @@ def prepare_items(cfg: DataConfig, *, tokenizer: Any = None, embedder: Any = Non
     dev_items: list[dict] = []
     for ds_i, (ds, quota) in enumerate(zip(tqdm(pool, desc="preparing datasets"), quotas, strict=True)):
         foreign = sorted({lab for other in pool if other.task != ds.task for lab in other.labels} - set(ds.labels))
-        train, dev = _dataset_items(ds, quota, foreign, cfg, cfg.seed * 1000 + ds_i, embedder, tokenizer)
+        train, dev = _dataset_items(ds, quota, foreign, cfg, cfg.seed * 1000 + ds_i, embedder)
         train_items += train
         dev_items += dev
     random.Random(cfg.seed).shuffle(train_items)
@@ -269,15 +327,13 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_or_prepare(
-    cfg: DataConfig, cache_dir: str | os.PathLike, *, tokenizer: Any = None
-) -> tuple[list[dict], list[dict]]:
+def load_or_prepare(cfg: DataConfig, cache_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """Prepared (train, dev) items, read from ``cache_dir`` when an identical config already built them."""
     base = Path(cache_dir) / cfg.cache_name()
     train_path, dev_path = base.with_suffix(".train.jsonl"), base.with_suffix(".dev.jsonl")
     if train_path.exists() and dev_path.exists():
         return read_jsonl(train_path), read_jsonl(dev_path)
-    train, dev = prepare_items(cfg, tokenizer=tokenizer)
+    train, dev = prepare_items(cfg)
     write_jsonl(dev_path, dev)
     write_jsonl(train_path, train)
     (base.with_suffix(".config.json")).write_text(json.dumps(asdict(cfg), indent=1))
@@ -374,7 +430,11 @@ def batch_order(items: Sequence[dict], batch_size: int, seed: int, *, bucket: in
     rng = random.Random(seed)
     order = list(range(len(items)))
     rng.shuffle(order)
-    size = lambda i: len(items[i]["text"]) + sum(len(label) + 4 for label in items[i]["labels"])  # noqa: E731
+    def size(i: int) -> int:
+        item = items[i]
+        shown = sum(len(example["text"]) for example in item.get("examples", ()))
+        return len(item["text"]) + shown + sum(len(label) + 4 for label in item["labels"])
+
     batches = []
     for start in range(0, len(order), batch_size * bucket):
         chunk = sorted(order[start : start + batch_size * bucket], key=size)
@@ -383,25 +443,34 @@ def batch_order(items: Sequence[dict], batch_size: int, seed: int, *, bucket: in
     return batches
 
 
-def encode_batch(model: Any, items: Sequence[dict], max_length: int) -> dict[str, torch.Tensor]:
-    """Token ids, attention mask and per-slot targets (slots whose ``<<LABEL>>`` was truncated are masked)."""
-    strings = [
-        build_model_input(it["text"], it["labels"], prompt_first=model.config.prompt_first,
-                          lowercase_labels=model.config.lowercase_labels)
-        for it in items
-    ]
-    enc = model.tokenizer(strings, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    k = max(len(it["labels"]) for it in items)
-    targets = torch.zeros(len(items), k)
-    for row, it in enumerate(items):
-        true = set(it["true_labels"])
-        targets[row, : len(it["labels"])] = torch.tensor([float(label in true) for label in it["labels"]])
-    mask = model.label_mask(enc["input_ids"], k)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "targets": targets, "mask": mask}
+def input_processor(model: Any, cfg: TrainConfig) -> GLiClassProcessor:
+    """The run's input builder: the one ``predict`` uses, at the run's window and example length."""
+    return GLiClassProcessor.from_model(
+        model, max_length=cfg.max_length, max_example_tokens=cfg.data.max_example_tokens
+    )
 
 
-#: A label named inside an example block: the text after a label marker, up to the next marker.
-_EXAMPLE_LABEL = re.compile(f"({re.escape(TRUE_LABEL_TOKEN)}|{re.escape(FALSE_LABEL_TOKEN)}) (.+?)(?= <<)")
+def encode_batch(processor: GLiClassProcessor, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """Token ids, attention mask, per-slot targets and the mask of real slots, built as ``predict`` builds them.
+
+    An item whose labels do not fit one pass becomes one row per label chunk, the passes ``predict`` would
+    run; label slots are counted from the label pieces, so no text, example or label can add or hide one.
+    """
+    label_sets = processor.label_sets([tuple(item["labels"]) for item in items])
+    examples = [[RACExample.from_dict(example) for example in item.get("examples", ())] for item in items]
+    _, _, inputs = processor.build([item["text"] for item in items], label_sets, examples)
+    k = max(row.end - row.start for row in inputs)
+    targets = torch.zeros(len(inputs), k)
+    mask = torch.zeros(len(inputs), k, dtype=torch.bool)
+    for i, row in enumerate(inputs):
+        true = set(items[row.piece]["true_labels"])
+        names = label_sets[row.piece].names[row.start : row.end]
+        targets[i, : len(names)] = torch.tensor([float(name in true) for name in names])
+        mask[i, : len(names)] = True
+    input_ids, attention_mask = processor.pad(inputs)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets, "mask": mask}
+
+
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
 
@@ -419,10 +488,11 @@ def with_coded_labels(item: dict, rng: random.Random) -> dict:
     examples). Items whose examples show none of their true labels are returned unchanged: coded, they
     could not be solved.
     """
-    mentions = [(m.group(1), m.group(2)) for m in _EXAMPLE_LABEL.finditer(item["text"])]
-    if not {name for marker, name in mentions if marker == TRUE_LABEL_TOKEN}.intersection(item["true_labels"]):
+    examples = item.get("examples") or []
+    if not {label for example in examples for label in example["true_labels"]}.intersection(item["true_labels"]):
         return item
-    names = list(dict.fromkeys([*item["labels"], *(name for _, name in mentions)]))
+    shown = [label for example in examples for label in (*example["true_labels"], *(example.get("all_labels") or ()))]
+    names = list(dict.fromkeys([*item["labels"], *shown]))
     codes: dict[str, str] = {}
     used: set[str] = set()
     for name in names:
@@ -431,8 +501,11 @@ def with_coded_labels(item: dict, rng: random.Random) -> dict:
             code = code_name(rng)
         codes[name] = code
         used.add(code)
-    text = _EXAMPLE_LABEL.sub(lambda m: f"{m.group(1)} {codes[m.group(2)]}", item["text"])
-    return {**item, "text": text, "labels": [codes[n] for n in item["labels"]],
+    coded = [
+        {key: [codes[n] for n in value] if key.endswith("_labels") and value else value for key, value in example.items()}
+        for example in examples
+    ]
+    return {**item, "examples": coded, "labels": [codes[n] for n in item["labels"]],
             "true_labels": [codes[n] for n in item["true_labels"] if n in codes]}
 
 
@@ -481,6 +554,9 @@ class TrainConfig:
     stop_after: int | None = None
     seed: int = 0
     device: str = "cpu"
+    #: Compute dtype of forward and backward (``rac.precision``): weights, optimizer state and the loss stay
+    #: float32, autocast runs the matrix products in bf16 where the hardware has it (``auto``).
+    dtype: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
 
     @property
@@ -492,7 +568,7 @@ class TrainConfig:
 
     def recipe(self) -> dict:
         """The fields that change the result (not where/how long/how often it logs)."""
-        skip = {"out_dir", "eval_every", "save_every_minutes", "max_minutes", "stop_after", "device"}
+        skip = {"out_dir", "eval_every", "save_every_minutes", "max_minutes", "stop_after", "device", "dtype"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -580,13 +656,18 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def dev_loss(model: Any, items: Sequence[dict], cfg: TrainConfig, batch_size: int = 32) -> float:
+def dev_loss(
+    model: Any, processor: GLiClassProcessor, items: Sequence[dict], cfg: TrainConfig, batch_size: int = 32
+) -> float:
     """Focal loss on the held-out items (eval mode), averaged over label slots."""
     model.eval()
     total, slots = 0.0, 0.0
+    compute = resolve_dtype(cfg.dtype, cfg.device)
     for batch in batch_order(items, batch_size, seed=0):
-        enc = encode_batch(model, [items[i] for i in batch], cfg.max_length)
-        logits = model(enc["input_ids"].to(cfg.device), enc["attention_mask"].to(cfg.device), enc["targets"].shape[1])
+        enc = encode_batch(processor, [items[i] for i in batch])
+        with autocast(cfg.device, compute):
+            logits = model(enc["input_ids"].to(cfg.device), enc["attention_mask"].to(cfg.device), enc["targets"].shape[1])
+        logits = logits.float()
         n = float(enc["mask"].sum())
         loss = focal_loss(logits, enc["targets"].to(cfg.device), enc["mask"].to(cfg.device),
                           alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
@@ -668,8 +749,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
     ckpt = out / "checkpoint"
     if ckpt.exists() and not resume:
         raise ValueError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
+    compute = resolve_dtype(cfg.dtype, cfg.device)
     model = build_model(cfg)
-    train_items, dev_items = load_or_prepare(cfg.data, out.parent / "prepared", tokenizer=model.tokenizer)
+    processor = input_processor(model, cfg)
+    train_items, dev_items = load_or_prepare(cfg.data, out.parent / "prepared")
     epoch_batches = batch_order(train_items, cfg.batch_size, cfg.seed)
     total_steps = cfg.steps or len(epoch_batches)
     optimizer = _optimizer(model, cfg)
@@ -685,9 +768,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     log_path = out / "log.jsonl"
     if state["step"] == 0:
-        loss0 = dev_loss(model, dev_items, cfg)
+        loss0 = dev_loss(model, processor, dev_items, cfg)
         state["history"].append({"step": 0, "dev_loss": loss0})
-        _log(log_path, {"step": 0, "dev_loss": loss0, "train_items": len(train_items), "dev_items": len(dev_items)})
+        _log(log_path, {"step": 0, "dev_loss": loss0, "train_items": len(train_items), "dev_items": len(dev_items),
+                        "dtype": dtype_name(compute)})
     model.train()
     started, last_save = time.monotonic(), time.monotonic()
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
@@ -699,9 +783,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
         step = state["step"]
         epoch, pos = divmod(step, len(epoch_batches))
         batches = epoch_batches if epoch == 0 else batch_order(train_items, cfg.batch_size, cfg.seed + epoch)
-        enc = encode_batch(model, _batch_items(train_items, batches[pos], cfg, step), cfg.max_length)
-        logits = model(enc["input_ids"].to(cfg.device), enc["attention_mask"].to(cfg.device), enc["targets"].shape[1])
-        loss = focal_loss(logits, enc["targets"].to(cfg.device), enc["mask"].to(cfg.device),
+        enc = encode_batch(processor, _batch_items(train_items, batches[pos], cfg, step))
+        with autocast(cfg.device, compute):
+            logits = model(enc["input_ids"].to(cfg.device), enc["attention_mask"].to(cfg.device), enc["targets"].shape[1])
+        loss = focal_loss(logits.float(), enc["targets"].to(cfg.device), enc["mask"].to(cfg.device),
                           alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
@@ -719,7 +804,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
         out_of_time = state["train_seconds"] >= budget or state["step"] == cfg.stop_after
         if state["step"] % cfg.eval_every == 0 or done or out_of_time:
             record = {"step": state["step"], "train_loss": sum(running) / len(running),
-                      "dev_loss": dev_loss(model, dev_items, cfg), "lr": scheduler.get_last_lr()[0],
+                      "dev_loss": dev_loss(model, processor, dev_items, cfg), "lr": scheduler.get_last_lr()[0],
                       "train_seconds": round(state["train_seconds"], 1)}
             running.clear()
             state["history"].append(record)
@@ -737,6 +822,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
     save_delta(model, out / "model", base_encoder=cfg.encoder or default_encoder(), extra={
         "training": {"steps": state["step"], "total_steps": total_steps, "seed": cfg.seed,
                      "train_seconds": round(state["train_seconds"], 1), "stopped_early": stopped_early,
-                     "final_dev_loss": state["history"][-1].get("dev_loss"), "mode": cfg.mode}
+                     "final_dev_loss": state["history"][-1].get("dev_loss"), "mode": cfg.mode,
+                     "dtype": dtype_name(compute), "exclude": list(cfg.data.exclude)}
     })
     return {**state, "stopped_early": stopped_early, "model_dir": str(out / "model")}

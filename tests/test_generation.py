@@ -11,7 +11,7 @@ import pytest
 
 from rac.embedding import Embedder
 from rac.formatting import EXAMPLE_END_TOKEN, EXAMPLE_TOKEN, FALSE_LABEL_TOKEN, TRUE_LABEL_TOKEN, RACExample
-from rac.generation import generate_rac_dataset, write_jsonl
+from rac.generation import generate_rac_dataset, sample_rac_items, write_jsonl
 from rac.index import ExampleIndex
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample.jsonl"
@@ -136,3 +136,26 @@ def test_write_jsonl_is_atomic(tmp_path: Path) -> None:
         write_jsonl([{"text": "b"}, {"text": object()}], out)
     assert json.loads(out.read_text())["text"] == "a"  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
+
+
+def test_structured_items_and_the_gliclass_text_agree() -> None:
+    """``sample_rac_items`` keeps the examples apart; ``generate_rac_dataset`` writes them into the text with
+    predict's processor: cut to model tokens (not words), markers spelled out in the data escaped."""
+    from rac.inputs import GLiClassProcessor
+    from rac.model import DEFAULT_MODEL_DIR, load_tokenizer, read_config
+
+    rows, vectors = _clustered(n_clusters=2, per_cluster=6, dim=8)
+    rows = [RACExample(f"{r.text} <<SEP>> unbelievably interconnected {r.text}", r.true_labels) for r in rows]
+    index = ExampleIndex.build(rows, vectors=vectors)
+    structured, _ = sample_rac_items(rows, 12, seed=3, index=index, noise_rate=0.0)
+    items, summary = generate_rac_dataset(rows, 12, seed=3, index=index, noise_rate=0.0, max_example_tokens=5)
+    assert summary["params"]["max_example_tokens"] == 5 and summary["params"]["tokenizer"] == "rac default model"
+    tokenizer = load_tokenizer(DEFAULT_MODEL_DIR, read_config(DEFAULT_MODEL_DIR))
+    processor = GLiClassProcessor(tokenizer, max_example_tokens=5)
+    for item, plain in zip(items, structured, strict=True):
+        shown = [RACExample.from_dict(e) for e in plain["examples"]]
+        assert item["text"] == processor.rac_text(plain["text"], shown, plain["all_labels"])
+        assert "<<SEP>>" not in item["text"] and item["text"].startswith(plain["text"].replace("<<SEP>>", "< <SEP>>"))
+        for body, _, _ in _blocks(item["text"]):
+            assert len(tokenizer(body, add_special_tokens=False)["input_ids"]) == 5  # "item 3 < < sep"
+    assert any(plain["examples"] for plain in structured)

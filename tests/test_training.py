@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from rac.formatting import EXAMPLE_TOKEN, RACExample, append_examples
 from rac.training import (
     DataConfig,
     TrainConfig,
     balanced_quotas,
     build_model,
     encode_batch,
+    input_processor,
     export_model,
     focal_loss,
     load_pool,
@@ -66,17 +66,17 @@ def test_drop_true_rate_sets_the_share_of_items_without_their_label(rate):
 
 def test_coded_labels_rename_every_name_consistently_and_keep_the_answer_findable():
     labels = ["sports", "business", "world news"]
-    examples = [RACExample("a goal in extra time", ("sports",)), RACExample("shares fell", ("business",))]
-    item = {"text": append_examples("the match ended 2-1", examples, labels), "labels": labels,
-            "true_labels": ["sports"], "rac": True}
+    examples = [{"text": "a goal in extra time", "true_labels": ["sports"]},
+                {"text": "shares fell", "true_labels": ["business"], "all_labels": ["business", "weather"]}]
+    item = {"text": "the match ended 2-1", "examples": examples, "labels": labels, "true_labels": ["sports"], "rac": True}
     coded = with_coded_labels(item, random.Random(0))
     codes = dict(zip(item["labels"], coded["labels"], strict=True))
     assert len(set(codes.values())) == 3 and not set(codes.values()) & set(labels)
-    assert coded["true_labels"] == [codes["sports"]]
-    # the text is the same example blocks written with the codes: nothing of the old names is left
-    renamed = [RACExample(e.text, tuple(codes[t] for t in e.true_labels)) for e in examples]
-    assert coded["text"] == append_examples("the match ended 2-1", renamed, coded["labels"])
-    assert "sports" not in coded["text"] and "world news" not in coded["text"]
+    assert coded["true_labels"] == [codes["sports"]] and coded["text"] == item["text"]
+    # the same examples with the codes: nothing of the old names is left
+    assert [e["true_labels"] for e in coded["examples"]] == [[codes["sports"]], [codes["business"]]]
+    assert coded["examples"][1]["all_labels"][0] == codes["business"]
+    assert not {"sports", "business", "weather"} & set(json.dumps(coded["examples"]).split('"'))
     # examples that never show a true label cannot be solved once coded: left as they are
     unsolvable = {**item, "true_labels": ["world news"]}
     assert with_coded_labels(unsolvable, random.Random(0)) is unsolvable
@@ -135,7 +135,7 @@ def test_tiny_run_lowers_dev_loss_and_writes_artifacts(tiny_run):
     items = [json.loads(line) for line in prepared[0].read_text().splitlines()]
     assert len(items) == 64 and {i["dataset"] for i in items} == {"nlupp_hotels", "tweet_irony"}
     rac_items = [i for i in items if i["rac"]]
-    assert rac_items and all(EXAMPLE_TOKEN in i["text"] for i in rac_items)
+    assert rac_items and all(i["examples"] for i in rac_items) and not any(i["examples"] for i in items if not i["rac"])
     assert all(set(i["true_labels"]) <= set(i["labels"]) and 2 <= len(i["labels"]) <= 25 for i in items)
 
 
@@ -151,11 +151,11 @@ def test_delta_reloads_to_the_trained_model(tiny_run):
     loaded = load_delta_model(Path(cfg.out_dir) / "model")
     via_folder = GLiClassModel.from_pretrained(Path(cfg.out_dir) / "model")  # the delta folder, as users pass it
     items = [
-        {"text": "is breakfast included? <<EXAMPLE>> do you serve food <<TRUE_LABEL>> restaurant <</EXAMPLE>>",
+        {"text": "is breakfast included?", "examples": [{"text": "do you serve food", "true_labels": ["restaurant"]}],
          "labels": ["restaurant", "booking", "ironic"], "true_labels": ["restaurant"]},
         {"text": "great, another monday", "labels": ["ironic", "not ironic"], "true_labels": ["ironic"]},
     ]
-    enc = encode_batch(trained, items, 96)
+    enc = encode_batch(input_processor(trained, cfg), items)
     with torch.no_grad():
         expected = trained(enc["input_ids"], enc["attention_mask"])
         got = loaded(enc["input_ids"], enc["attention_mask"])

@@ -1,0 +1,211 @@
+"""What the labeled corpus says about each candidate label of a text, beside the model's own score.
+
+The fusion (``rac.fusion``) turns these numbers into the final score. They come from one query embedding
+and one index search per text (the same search that picks the model's examples), plus per-label statistics
+of the index that are kept up to date as it grows:
+
+* ``shown``: similarity-weighted share of the examples shown to the model that carry the label;
+* ``knn``: share of the label among the ``KNN_DEPTH`` nearest examples, weighted by
+  ``softmax(cosine / KNN_TEMPERATURE)`` and without the similarity cut (the kNN peer users compare with);
+* ``prototype``: cosine between the text and the label's prototype (mean embedding of its examples);
+* ``indexed``: whether the index holds any example of the label (a label added this week has none);
+* ``reliability``: how often an indexed example's nearest other example shares one of its labels; high for
+  topics, low for sentiment, where neighbours say little and the model should decide;
+* ``nearest``: the cosine of the text's nearest example (a near-duplicate's labels say more than a far
+  neighbour's).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rac.formatting import RACExample
+
+if TYPE_CHECKING:
+    from rac.index import ExampleIndex
+
+#: Neighbours the kNN share counts (more than the model sees: a vote needs more voters than an input has room).
+KNN_DEPTH = 10
+#: Softmax temperature over cosine similarities in the kNN share.
+KNN_TEMPERATURE = 0.05
+#: Indexed examples sampled (seeded) to measure retrieval reliability.
+RELIABILITY_SAMPLE = 256
+#: Reliability assumed when there is no index to measure it on (given examples only): the middle.
+DEFAULT_RELIABILITY = 0.5
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The evidence for one text, one entry per candidate label (arrays of the label set's length)."""
+
+    model: np.ndarray
+    shown: np.ndarray
+    knn: np.ndarray
+    prototype: np.ndarray
+    indexed: np.ndarray
+    reliability: float
+    nearest: float = 0.0
+
+    @classmethod
+    def from_dicts(cls, labels: Sequence[str], evidence: dict[str, dict[str, float]]) -> Evidence:
+        """Inverse of ``as_dicts`` for ``labels`` (in that order)."""
+        column = lambda name: np.array([evidence[label][name] for label in labels], dtype=np.float64)  # noqa: E731
+        first = evidence[labels[0]] if labels else {}
+        return cls(column("model"), column("shown"), column("knn"), column("prototype"), column("indexed"),
+                   float(first.get("reliability", DEFAULT_RELIABILITY)), float(first.get("nearest", 0.0)))
+
+    def as_dicts(self, labels: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{label: {"model": .., "shown": .., ...}}``: the raw evidence, JSON-ready."""
+        return {
+            label: {
+                "model": float(self.model[j]), "shown": float(self.shown[j]), "knn": float(self.knn[j]),
+                "prototype": float(self.prototype[j]), "indexed": float(self.indexed[j]),
+                "reliability": float(self.reliability), "nearest": float(self.nearest),
+            }
+            for j, label in enumerate(labels)
+        }
+
+
+def shown_share(examples: Sequence[RACExample], labels: Sequence[str]) -> np.ndarray:
+    """Per label, the similarity-weighted share of ``examples`` carrying it (equal weights without similarities)."""
+    position = {label: j for j, label in enumerate(labels)}
+    share = np.zeros(len(labels), dtype=np.float64)
+    weights = [1.0 if e.similarity is None else max(float(e.similarity), 0.0) for e in examples]
+    total = sum(weights) or 1.0
+    for example, weight in zip(examples, weights):
+        for label in set(example.true_labels):
+            if label in position:
+                share[position[label]] += weight / total
+    return share
+
+
+def knn_share(neighbours: Sequence[RACExample], labels: Sequence[str]) -> np.ndarray:
+    """Per label, its share among ``neighbours`` weighted by ``softmax(similarity / KNN_TEMPERATURE)``."""
+    if not neighbours:
+        return np.zeros(len(labels), dtype=np.float64)
+    sims = np.array([float(n.similarity if n.similarity is not None else 1.0) for n in neighbours])
+    weights = np.exp((sims - sims.max()) / KNN_TEMPERATURE)
+    position = {label: j for j, label in enumerate(labels)}
+    share = np.zeros(len(labels), dtype=np.float64)
+    for neighbour, weight in zip(neighbours, weights / weights.sum()):
+        for label in set(neighbour.true_labels):
+            if label in position:
+                share[position[label]] += weight
+    return share
+
+
+@dataclass(frozen=True)
+class LabelStatistics:
+    """A snapshot of an index's per-label statistics."""
+
+    position: dict[str, int]
+    prototypes: np.ndarray  # (n_labels, dimension), unit rows
+    counts: np.ndarray  # examples per label
+    reliability: float
+
+    def prototype_cosines(self, vector: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(cosine to each label's prototype, indexed flag)``; 0 and False for labels with no example."""
+        rows = np.array([self.position.get(label, -1) for label in labels])
+        indexed = rows >= 0
+        cosines = np.zeros(len(labels), dtype=np.float64)
+        if indexed.any():
+            cosines[indexed] = self.prototypes[rows[indexed]] @ np.asarray(vector, dtype=np.float32)
+        return cosines, indexed.astype(np.float64)
+
+
+class IndexStatistics:
+    """Label prototypes, counts and retrieval reliability of one ``ExampleIndex``, updated as it grows.
+
+    Prototype sums are extended with the vectors of examples added since the last snapshot, so a growing
+    index costs only its new rows (the vectors come from the index: no second embedding pass).
+    Reliability is re-measured when the index has grown by more than a tenth. Thread-safe.
+    """
+
+    def __init__(self, index: ExampleIndex):
+        self.index = index
+        self._lock = threading.Lock()
+        self._sums: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
+        self._seen = 0
+        self._reliability_at = 0
+        self._reliability = DEFAULT_RELIABILITY
+        self._snapshot: LabelStatistics | None = None
+
+    def snapshot(self) -> LabelStatistics:
+        """The statistics of the index as it is now."""
+        with self._lock:
+            examples = self.index.examples
+            total = len(examples)
+            if self._snapshot is not None and total == self._seen:
+                return self._snapshot
+            new_ids = list(range(self._seen, total))
+            if new_ids:
+                vectors = self.index.vectors(new_ids)
+                for i, vector in zip(new_ids, vectors):
+                    for label in set(examples[i].true_labels):
+                        if label not in self._sums:
+                            self._sums[label] = np.zeros(self.index.dimension, dtype=np.float64)
+                            self._counts[label] = 0
+                        self._sums[label] += vector
+                        self._counts[label] += 1
+            self._seen = total
+            if total and (self._reliability_at == 0 or total > 1.1 * self._reliability_at):
+                self._reliability, self._reliability_at = retrieval_reliability(self.index), total
+            names = sorted(self._sums)
+            sums = np.stack([self._sums[n] for n in names]) if names else np.zeros((0, self.index.dimension))
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)
+            self._snapshot = LabelStatistics(
+                position={n: j for j, n in enumerate(names)},
+                prototypes=(sums / np.where(norms == 0, 1.0, norms)).astype(np.float32),
+                counts=np.array([self._counts[n] for n in names], dtype=np.int64),
+                reliability=self._reliability,
+            )
+            return self._snapshot
+
+
+def retrieval_reliability(index: ExampleIndex, *, sample: int = RELIABILITY_SAMPLE, seed: int = 0) -> float:
+    """Share of sampled indexed examples whose nearest other example carries one of their labels."""
+    n = len(index.examples)
+    if n < 2:
+        return DEFAULT_RELIABILITY
+    ids = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
+    found, _ = index.search(index.vectors(ids), 2)
+    hits = []
+    for i, row in zip(ids, found):
+        other = next((j for j in row if j >= 0 and j != i), None)
+        if other is None:
+            continue
+        hits.append(bool(set(index.example(i).true_labels) & set(index.example(other).true_labels)))
+    return float(np.mean(hits)) if hits else DEFAULT_RELIABILITY
+
+
+def gather(
+    model_scores: np.ndarray,
+    labels: Sequence[str],
+    shown: Sequence[RACExample],
+    neighbours: Sequence[RACExample] | None,
+    statistics: LabelStatistics | None,
+    vector: np.ndarray | None,
+) -> Evidence:
+    """One text's ``Evidence``. Without an index (given examples only), the shown examples stand in for the
+    neighbours, a label counts as indexed when one of them carries it, and reliability is the prior."""
+    share = shown_share(shown, labels)
+    pool = shown if neighbours is None else neighbours
+    nearest = max((float(n.similarity) for n in pool if n.similarity is not None), default=0.0)
+    if statistics is None or vector is None:
+        carried = {label for example in shown for label in example.true_labels}
+        return Evidence(
+            model=np.asarray(model_scores, dtype=np.float64), shown=share, knn=knn_share(shown, labels),
+            prototype=np.zeros(len(labels)), indexed=np.array([float(label in carried) for label in labels]),
+            reliability=DEFAULT_RELIABILITY, nearest=nearest,
+        )
+    prototype, indexed = statistics.prototype_cosines(vector, labels)
+    return Evidence(
+        model=np.asarray(model_scores, dtype=np.float64), shown=share, knn=knn_share(neighbours or (), labels),
+        prototype=prototype, indexed=indexed, reliability=statistics.reliability, nearest=nearest,
+    )
