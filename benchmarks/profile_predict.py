@@ -52,11 +52,12 @@ def main() -> int:
     parser.add_argument("--labels", default="2,50", help="comma-separated label counts (default: %(default)s)")
     parser.add_argument("--texts", type=int, default=200, help="short texts profiled (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="predict batch size (default: %(default)s)")
+    parser.add_argument("--dtype", default="auto", help="precision of the forward: auto | float32 | bfloat16 (default: %(default)s)")
     parser.add_argument("--out", default=None, help="markdown report (default: benchmarks/results/profile_predict.md)")
     args = parser.parse_args()
     out = Path(args.out or Path(__file__).resolve().parent / "results" / "profile_predict.md")
     counts = [int(n) for n in args.labels.split(",")]
-    classifier = RACClassifier.from_pretrained()
+    classifier = RACClassifier.from_pretrained(dtype=args.dtype)
     mixed = load_texts(504)
     lengths = token_lengths(mixed, classifier.model.tokenizer)
     texts = [t for t, n in zip(mixed, lengths) if n <= SHORT_TOKENS][: args.texts]
@@ -67,7 +68,8 @@ def main() -> int:
         "",
         f"Command: `{' '.join(['python benchmarks/profile_predict.py', *sys.argv[1:]])}`",
         "",
-        f"{len(texts)} short texts (<= {SHORT_TOKENS} tokens) of benchmarks/speed.py, zero-shot, shipped model; "
+        f"{len(texts)} short texts (<= {SHORT_TOKENS} tokens) of benchmarks/speed.py, zero-shot, shipped model in "
+        f"{classifier.dtype_name}, every label scored (no shortlist: this is the cost of the labels); "
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads.",
         "",
     ]

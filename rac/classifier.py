@@ -68,7 +68,8 @@ class ClassificationResult:
 
     When the corpus had a say (an index and ``k > 0``, or given examples), ``evidence`` holds per label the
     raw evidence (``rac.evidence``: the model's own score, the shown examples' and the neighbours' label
-    shares, the prototype cosine, whether the index holds the label, retrieval reliability) and
+    shares, the prototype cosine, whether the index holds the label, retrieval reliability; none for labels
+    a shortlist left out of the pass) and
     ``contributions`` per label how far each source moved the fused score (in logits, relative to the
     fitting data's average label; ``None`` with the fusion off).
     """

@@ -39,8 +39,8 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
 
 def _dtype_option(p: argparse.ArgumentParser, what: str) -> None:
     """``--dtype``: the precision ``what`` computes in (``rac.precision``; weights stay float32)."""
-    p.add_argument("--dtype", default=None, help=f"precision {what} computes in: auto | float32 | bfloat16 | "
-                   "float16 (CUDA only) (default: auto, bfloat16 where the CPU or GPU runs it natively, else float32)")
+    p.add_argument("--dtype", default=None, help=f"precision of {what}: auto | float32 | bfloat16 | float16 (CUDA "
+                   "only); weights stay float32 (default: auto, bfloat16 where the CPU or GPU runs it natively)")
 
 
 def _refuse_output_over_input(outputs: list[Path], inputs: list[str | Path]) -> None:
@@ -51,6 +51,12 @@ def _refuse_output_over_input(outputs: list[Path], inputs: list[str | Path]) -> 
             if output.resolve() == source or output.resolve() in source.parents:
                 raise ValueError(f"{output}: is the input {given}{'' if output.resolve() == source else ' or holds it'}; "
                                  "write the output elsewhere")
+
+
+def _no_shortlist_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-shortlist", action="store_true",
+                   help="score every candidate label, in passes of at most the labels per pass (25), instead of "
+                        "a one-pass shortlist of that many (rac.shortlist)")
 
 
 def _add_build_index(subparsers: argparse._SubParsersAction) -> None:
@@ -178,6 +184,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--labels-from-index", action="store_true", help="use every label of --index as a candidate")
     p.add_argument("--model", default=None, help="GLiClass checkpoint folder (default: rac's shipped model)")
     p.add_argument("--index", default=None, help="example index folder (rac build-index) for retrieval")
+    p.add_argument("--embedder", default=None,
+                   help="the --index's embedder, when it is a local folder (rac does not load a folder an index "
+                        "names by itself) or a hub model not in the local cache (default: the one the index names)")
     p.add_argument("--k", type=int, default=3, help="examples retrieved per text; 0 = zero-shot (default: %(default)s)")
     p.add_argument("--min-similarity", type=float, default=0.5, help="cosine threshold for examples (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=0.5, help="multi-label decision threshold (default: %(default)s)")
@@ -186,6 +195,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="neighbours the fusion's kNN share counts (default: the classifier's, 10)")
     p.add_argument("--no-fusion", action="store_true",
                    help="the model's own scores, without the evidence fusion (gliclass's scores)")
+    _no_shortlist_option(p)
     p.add_argument("--prompt", default=None, help="task description placed after the labels")
     p.add_argument("--long-text", action="store_true", help="score long texts in overlapping windows instead of truncating")
     p.add_argument("--batch-size", type=int, default=64, help="most sequences per forward pass (default: %(default)s)")
@@ -199,7 +209,11 @@ def _read_lines(path: str | None) -> list[tuple[int, str]]:
     bytes that are not UTF-8 are an error naming the file and line."""
     from rac.corpus import text_lines
 
-    lines = text_lines("stdin", sys.stdin.buffer) if path is None else text_lines(path)
+    if path is None:  # decode stdin's bytes here too, unless it is already text (a StringIO put in its place)
+        buffer = getattr(sys.stdin, "buffer", None)
+        lines = enumerate(sys.stdin, start=1) if buffer is None else text_lines("stdin", buffer)
+    else:
+        lines = text_lines(path)
     return [(number, line.rstrip("\r\n")) for number, line in lines if line.strip()]
 
 
@@ -276,7 +290,8 @@ def _predict_classifier(args: argparse.Namespace) -> Any:
 
 def _classifier_options(args: argparse.Namespace) -> dict[str, Any]:
     """``RACClassifier.from_pretrained`` options of ``rac predict`` besides model, index and device."""
-    return {"dtype": args.dtype, "fusion": None if args.no_fusion else "default", "knn_k": args.knn_k}
+    return {"dtype": args.dtype, "embedder": args.embedder, "fusion": None if args.no_fusion else "default", "knn_k": args.knn_k,
+            "shortlist": False if args.no_shortlist else None}
 
 
 #: Failed rows named on stderr; the rest are counted (every one is in the output's error column).
@@ -412,6 +427,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
          "true ones (neighbours' labels, then label-name cosine) (default 0)"),
         ("--out", str, "train", "run folder: log, checkpoint, model (default runs/default_model)"),
         ("--encoder", str, "train", "HF encoder name or folder (default: the packaged all-MiniLM-L6-v2)"),
+        ("--init", str, "train", "warm-start from a saved model folder (rac/default_model, a run's OUT/model): "
+         "continue its LoRA factors (un-merged), head and added token rows; its recipe (mode, LoRA r/alpha/targets, "
+         "head, pooling) must match this run's, and --resume refuses a changed --init"),
         ("--device", str, "train", "torch device, e.g. cuda (default cpu)"),
         ("--dtype", str, "train", "compute dtype: auto | float32 | bfloat16 | float16 (CUDA); weights stay fp32 "
          "(default auto: bf16 where the hardware runs it natively)"),
@@ -560,6 +578,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
                         "(label drift; default: %(default)s)")
     p.add_argument("--no-fusion", action="store_true",
                    help="k columns without the evidence fusion: the model's own scores")
+    _no_shortlist_option(p)
     p.add_argument("--out", default=None, help="write OUT.json (all numbers + config) and OUT.md (tables)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _dtype_option(p, "the model and the embedder")
@@ -577,8 +596,7 @@ def _eval_command(args: argparse.Namespace) -> str:
     for option in ("model", "embedder", "max_labels_per_pass", "dtype", "out"):
         if getattr(args, option) is not None:
             parts += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
-    if args.no_fusion:
-        parts.append("--no-fusion")
+    parts += [flag for flag, on in (("--no-fusion", args.no_fusion), ("--no-shortlist", args.no_shortlist)) if on]
     return shlex.join(parts)
 
 
@@ -594,7 +612,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         max_queries=args.max_queries or None, max_corpus=args.max_corpus or None, seed=args.seed,
         threshold=args.threshold, min_similarity=args.min_similarity, batch_size=args.batch_size,
         max_labels_per_pass=args.max_labels_per_pass, knn_k=args.knn_k, unseen_labels=args.unseen_labels,
-        fusion=None if args.no_fusion else "default", dtype=args.dtype, progress=not args.no_progress,
+        fusion=None if args.no_fusion else "default", dtype=args.dtype, shortlist=not args.no_shortlist,
+        progress=not args.no_progress,
         command=_eval_command(args),
     )
     print(report.table())

@@ -364,7 +364,8 @@ class EvalReport:
             f"Model `{c['model']}` ({c['dtype']}), fusion {c['fusion']}, embedder `{c['embedder']}`, k = "
             f"{', '.join(map(str, c['ks']))} examples with cosine >= {c['min_similarity']}, threshold "
             f"{c['threshold']}, up to {c['max_queries']} queries and {c['max_corpus']} corpus rows per dataset "
-            f"(seeded samples, seed {c['seed']}), at most {c['max_labels_per_pass']} labels per pass; {c['device']}, "
+            f"(seeded samples, seed {c['seed']}), at most {c['max_labels_per_pass']} labels per pass "
+            f"({'larger sets shortlisted to that many' if c.get('shortlist') else 'every label scored'}); {c['device']}, "
             f"{c['machine']}; {c['seconds']:.0f} s wall, {c['cpu_seconds']:.0f} s CPU in all.{drift}",
             "",
             "Headline metric: macro-F1 of the top label on single-label sets, micro-F1 of the labels scoring >= "
@@ -543,9 +544,9 @@ def evaluate_dataset(
             decisions[fixed_mix_column(k)] = Decisions.from_scores(
                 fixed_mix(model, [found[:k] for found in close], labels), threshold)
         lap(f"k={k}")
-    corpus_vectors = index.vectors(range(len(index))) if len(index) else np.zeros((0, embedder.dimension))
+    corpus_vectors = index.vectors(index.live_ids())
     decisions[LOGREG] = Decisions.from_scores(
-        logreg_scores(vectors, corpus_vectors, [row.true_labels for row in corpus], labels,
+        logreg_scores(vectors, corpus_vectors, [row.true_labels for row in index.examples], labels,
                       multi_label=dataset.multi_label), threshold)
     decisions[KNN] = Decisions.from_scores(knn_scores([found[:knn_k] for found in neighbours], labels), threshold)
     decisions[CENTROID] = Decisions.from_scores(centroid_scores(vectors, statistics, labels), threshold)
@@ -595,12 +596,13 @@ def evaluate(
     max_labels_per_pass: int | None = None,
     fusion: Any = "default",
     dtype: str = "auto",
+    shortlist: bool = True,
     progress: bool = True,
     command: str = "",
 ) -> EvalReport:
     """Evaluate ``model`` (a checkpoint path, a loaded ``GLiClassModel``, or ``None`` for rac's default) on
     each dataset folder; ``command`` is recorded in the report so its numbers can be reproduced.
-    ``max_labels_per_pass``, ``fusion``, ``dtype``: as in ``RACClassifier.from_pretrained``."""
+    ``max_labels_per_pass``, ``fusion``, ``dtype``, ``shortlist``: as in ``RACClassifier.from_pretrained``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -625,11 +627,12 @@ def evaluate(
     start, cpu_start = time.perf_counter(), time.process_time()
     embedder = embedder if isinstance(embedder, Embedder) else Embedder(embedder, dtype=dtype)
     classifier = RACClassifier.from_pretrained(model, max_labels_per_pass=max_labels_per_pass, fusion=fusion,
-                                               dtype=dtype)
+                                               dtype=dtype, shortlist=shortlist)
     config = {
         "command": command,
         "model": "rac default model" if model is None else str(model if isinstance(model, (str, Path)) else type(model)),
         "dtype": classifier.dtype_name,
+        "shortlist": classifier.shortlist,
         "fusion": repr(classifier.fusion) if classifier.fusion is not None else "off",
         "embedder": embedder.name,
         "ks": ks,

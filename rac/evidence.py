@@ -119,61 +119,41 @@ class LabelStatistics:
 
 
 class IndexStatistics:
-    """Label prototypes, counts and retrieval reliability of one ``ExampleIndex``, updated as it grows.
+    """Label prototypes, counts and retrieval reliability of one ``ExampleIndex``, as of its latest change.
 
-    Prototype sums are extended with the vectors of examples added since the last snapshot, so a growing
-    index costs only its new rows (the vectors come from the index: no second embedding pass).
-    Reliability is re-measured when the index has grown by more than a tenth. Thread-safe.
+    The index keeps the per-label sums itself (``ExampleIndex.label_prototypes``, updated by ``add`` and
+    ``remove``), so a snapshot costs no pass over the store; reliability is re-measured when the index has
+    grown or shrunk by more than a tenth since it was last measured. Thread-safe.
     """
 
     def __init__(self, index: ExampleIndex):
         self.index = index
         self._lock = threading.Lock()
-        self._sums: dict[str, np.ndarray] = {}
-        self._counts: dict[str, int] = {}
-        self._seen = 0
+        self._snapshot: LabelStatistics | None = None
+        self._version = -1
         self._reliability_at = 0
         self._reliability = DEFAULT_RELIABILITY
-        self._snapshot: LabelStatistics | None = None
 
     def snapshot(self) -> LabelStatistics:
         """The statistics of the index as it is now."""
         with self._lock:
-            examples = self.index.examples
-            total = len(examples)
-            if self._snapshot is not None and total == self._seen:
+            if self._snapshot is not None and self.index.version == self._version:
                 return self._snapshot
-            new_ids = list(range(self._seen, total))
-            if new_ids:
-                vectors = self.index.vectors(new_ids)
-                for i, vector in zip(new_ids, vectors):
-                    for label in set(examples[i].true_labels):
-                        if label not in self._sums:
-                            self._sums[label] = np.zeros(self.index.dimension, dtype=np.float64)
-                            self._counts[label] = 0
-                        self._sums[label] += vector
-                        self._counts[label] += 1
-            self._seen = total
-            if total and (self._reliability_at == 0 or total > 1.1 * self._reliability_at):
-                self._reliability, self._reliability_at = retrieval_reliability(self.index), total
-            names = sorted(self._sums)
-            sums = np.stack([self._sums[n] for n in names]) if names else np.zeros((0, self.index.dimension))
-            norms = np.linalg.norm(sums, axis=1, keepdims=True)
-            self._snapshot = LabelStatistics(
-                position={n: j for j, n in enumerate(names)},
-                prototypes=(sums / np.where(norms == 0, 1.0, norms)).astype(np.float32),
-                counts=np.array([self._counts[n] for n in names], dtype=np.int64),
-                reliability=self._reliability,
-            )
+            names, prototypes, counts, version = self.index.label_prototypes()
+            size = len(self.index)
+            if size and (self._reliability_at == 0 or abs(size - self._reliability_at) > 0.1 * self._reliability_at):
+                self._reliability, self._reliability_at = retrieval_reliability(self.index), size
+            self._snapshot = LabelStatistics({n: j for j, n in enumerate(names)}, prototypes, counts, self._reliability)
+            self._version = version
             return self._snapshot
 
 
 def retrieval_reliability(index: ExampleIndex, *, sample: int = RELIABILITY_SAMPLE, seed: int = 0) -> float:
     """Share of sampled indexed examples whose nearest other example carries one of their labels."""
-    n = len(index.examples)
-    if n < 2:
+    live = index.live_ids()
+    if len(live) < 2:
         return DEFAULT_RELIABILITY
-    ids = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
+    ids = np.random.default_rng(seed).choice(live, size=min(sample, len(live)), replace=False)
     found, _ = index.search(index.vectors(ids), 2)
     hits = []
     for i, row in zip(ids, found):

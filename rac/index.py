@@ -1,6 +1,6 @@
 """A persistent HNSW (cosine) index over labeled examples, plus the store that gives hits back their labels.
 
-On disk an index is a folder of exactly three files::
+On disk an index is a folder of three files::
 
     manifest.json      format version, embedder name/dimension/dtype, counts, HNSW parameters, sha256 of each data
                        file, and the sha256 of the manifest itself ("checksum")
@@ -20,7 +20,7 @@ import json
 import re
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -208,6 +208,11 @@ class ExampleIndex:
         self._live = 0
         self._ids_by_text: dict[str, list[int]] = {}
         self._rows_by_id: dict[str, list[int]] = {}
+        #: Per label: sum of its live examples' unit vectors and their count (prototypes for ``rac.evidence``).
+        self._label_sums: dict[str, np.ndarray] = {}
+        self._label_counts: dict[str, int] = {}
+        #: Bumped by every add and remove, so caches of derived statistics know when to refresh.
+        self.version = 0
         self._hnsw = hnswlib.Index(space="cosine", dim=self.dimension)
         self._hnsw.init_index(max_elements=16, ef_construction=self.ef_construction, M=self.M, random_seed=100)
         self._hnsw.set_ef(self._ef_search)
@@ -326,6 +331,31 @@ class ExampleIndex:
             self._hnsw.add_items(vectors, np.arange(start, needed), num_threads=self.num_threads)
             for row, (example, key) in enumerate(zip(examples, keys), start=start):
                 self._store(row, replace(example, similarity=None), key)
+            self._count_labels(examples, vectors, +1)
+
+    def _count_labels(self, examples: Sequence[RACExample], vectors: np.ndarray, sign: int) -> None:
+        """Add (``sign=+1``) or take away (``-1``) examples from the per-label sums and counts (write lock held)."""
+        for example, vector in zip(examples, vectors):
+            for label in set(example.true_labels):
+                if label not in self._label_sums:
+                    self._label_sums[label] = np.zeros(self.dimension, dtype=np.float64)
+                    self._label_counts[label] = 0
+                self._label_sums[label] += sign * vector
+                self._label_counts[label] += sign
+                if self._label_counts[label] == 0:
+                    del self._label_sums[label], self._label_counts[label]
+        self.version += 1
+
+    def label_prototypes(self) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+        """``(labels, unit prototype rows, example counts, version)`` over the live examples: each label's
+        mean example embedding, kept up to date by ``add`` and ``remove`` (no pass over the store)."""
+        with self._lock.read():
+            names = sorted(self._label_sums)
+            sums = np.stack([self._label_sums[n] for n in names]) if names else np.zeros((0, self.dimension))
+            counts = np.array([self._label_counts[n] for n in names], dtype=np.int64)
+            version = self.version
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        return names, (sums / np.where(norms == 0, 1.0, norms)).astype(np.float32), counts, version
 
     def _store(self, row: int, example: RACExample, key: str | None) -> None:
         """Append ``example`` as HNSW label ``row`` (under the write lock, or while loading)."""
@@ -351,6 +381,7 @@ class ExampleIndex:
             removed = 0
             for key in wanted:
                 for row in self._rows_by_id.pop(key):
+                    self._count_labels([self._examples[row]], np.asarray(self._hnsw.get_items([row]), dtype=np.float32), -1)
                     self._hnsw.mark_deleted(row)
                     same_text = self._ids_by_text[self._examples[row].text]
                     same_text.remove(row)
@@ -380,6 +411,11 @@ class ExampleIndex:
         """A copy of the live examples in HNSW-label order (after a removal, position ``i`` is not label ``i``)."""
         with self._lock.read():
             return [example for example in self._examples if example is not None]
+
+    def live_ids(self) -> list[int]:
+        """HNSW labels of the live examples, ascending."""
+        with self._lock.read():
+            return [i for i, example in enumerate(self._examples) if example is not None]
 
     def _live_example(self, i: Any) -> RACExample:
         example = self._examples[int(i)] if 0 <= int(i) < len(self._examples) else None
@@ -544,6 +580,10 @@ class ExampleIndex:
         index._hnsw = hnswlib.Index(space="cosine", dim=dimension)  # load_index wants an uninitialised one
         index._hnsw.load_index(str(path / HNSW_FILE), max_elements=max(len(rows), 16))
         index._hnsw.set_ef(index.ef_search)
+        live = [i for i, example in enumerate(index._examples) if example is not None]
+        if live:
+            vectors = np.asarray(index._hnsw.get_items(live), dtype=np.float32).reshape(len(live), dimension)
+            index._count_labels([index._examples[i] for i in live], vectors, +1)
         return index
 
 
@@ -655,19 +695,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 def verify_index(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
     """Check an index folder without loading it: ``(manifest, deleted flag per HNSW label)`` or ``ValueError``.
 
-    Exactly the three index files, every checksum, and ``hnsw.bin``'s header and structure against the manifest
+    The manifest naming exactly the two data files, every checksum, and ``hnsw.bin``'s header and structure against the manifest
     (element count, dimension, M, cosine unit vectors, labels, every link inside the graph): what hnswlib would
     otherwise read unchecked, out of bounds on a damaged or hand-edited file.
     """
     path = Path(path)
     manifest = read_manifest(path)
-    present = sorted(p.name for p in path.iterdir())
-    if present != sorted(INDEX_FILES):
-        missing = sorted(set(INDEX_FILES) - set(present))
-        if missing:
-            raise FileNotFoundError(f"{path / missing[0]}: index file missing")
-        raise ValueError(f"{path}: unexpected files in the index folder: {sorted(set(present) - set(INDEX_FILES))}")
     for file_name, digest in manifest["files"].items():
+        if not (path / file_name).is_file():
+            raise FileNotFoundError(f"{path / file_name}: index file missing")
         if file_sha256(path / file_name) != digest:
             raise ValueError(f"{path / file_name}: index file is corrupt (sha256 does not match {MANIFEST})")
     hnsw = manifest["hnsw"]

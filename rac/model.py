@@ -586,7 +586,17 @@ class GLiClassModel(nn.Module):
     def head(
         self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_labels: int | None = None
     ) -> dict[str, torch.Tensor]:
-        """Logits plus the projected text/label vectors and the label mask (for losses that need them)."""
+        """Logits plus the projected text/label vectors and the label mask (for losses that need them).
+
+        Always float32, also under a bf16 autocast (``rac.precision``): the head is a sliver of the compute,
+        and bf16 text and label vectors in the final dot product add a third to the scores' rounding error.
+        """
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self._head(hidden.float(), input_ids, attention_mask, num_labels)
+
+    def _head(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_labels: int | None
+    ) -> dict[str, torch.Tensor]:
         k = self.num_label_slots(input_ids, num_labels)
         labels = self.classes_projector(self._label_features(hidden, input_ids, attention_mask, k))
         text = self.dropout(self.text_projector(self._pool_text(*self._text_tokens(hidden, input_ids, attention_mask))))
@@ -638,24 +648,49 @@ def resolve_base_encoder(name: str) -> str:
     return str(_gt_base_path()) if name == GT_BASE_NAME else name
 
 
-def extract_delta(model: GLiClassModel, base_rows: int) -> dict[str, torch.Tensor]:
-    """The trained tensors of ``model`` as delta entries (see the section comment for the key scheme)."""
-    delta: dict[str, torch.Tensor] = {}
+def delta_keys(model: GLiClassModel) -> dict[str, str]:
+    """The delta key of each tensor ``model`` trains (the scheme above), shared by ``extract_delta`` and
+    ``load_delta_unmerged`` so the two cannot drift apart; LoRA factors drop peft's adapter name."""
+    keys: dict[str, str] = {}
     embedding_key = "encoder.embeddings.word_embeddings.weight"
     full_embedding = getattr(model, "training_mode", "lora") == "full"
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        tensor = param.detach().cpu().contiguous()
         if ".lora_A." in name or ".lora_B." in name:
             factor = "lora_A" if ".lora_A." in name else "lora_B"
-            module = name.split(f".{factor}.")[0]
-            delta[f"{factor}::{module}.weight"] = tensor
+            keys[name] = f"{factor}::{name.split(f'.{factor}.')[0]}.weight"
         elif name == embedding_key and not full_embedding:
-            delta[f"rows::{name}"] = tensor[base_rows:].clone()
+            keys[name] = f"rows::{name}"
         else:
-            delta[f"full::{name}"] = tensor
-    return delta
+            keys[name] = f"full::{name}"
+    return keys
+
+
+def _delta_targets(model: GLiClassModel, base_rows: int) -> dict[str, torch.Tensor]:
+    """Each delta key of ``model`` and the tensor (or, for ``rows::``, the slice of added rows) it holds."""
+    params = dict(model.named_parameters())
+    return {key: params[name][base_rows:] if key.startswith("rows::") else params[name]
+            for name, key in delta_keys(model).items()}
+
+
+def extract_delta(model: GLiClassModel, base_rows: int) -> dict[str, torch.Tensor]:
+    """The trained tensors of ``model`` as delta entries (see the section comment for the key scheme)."""
+    return {key: tensor.detach().cpu().contiguous().clone() for key, tensor in _delta_targets(model, base_rows).items()}
+
+
+def load_delta_unmerged(model: GLiClassModel, delta: dict[str, torch.Tensor], *, base_rows: int) -> None:
+    """Write a delta into a model that trains the same tensors (LoRA adapters un-merged): the inverse of
+    ``extract_delta``, so a warm-started run continues the factors and exports a delta of the same form."""
+    with torch.no_grad():
+        targets = _delta_targets(model, base_rows)
+        missing, unknown = sorted(targets.keys() - delta.keys()), sorted(delta.keys() - targets.keys())
+        reshaped = sorted(k for k in targets.keys() & delta.keys() if targets[k].shape != delta[k].shape)
+        if missing or unknown or reshaped:
+            raise ValueError(f"delta does not fit this model's trained tensors: missing {missing[:3]}, "
+                             f"unknown {unknown[:3]}, other shape {reshaped[:3]}")
+        for key, target in targets.items():
+            target.copy_(delta[key])
 
 
 def apply_delta(model: GLiClassModel, delta: dict[str, torch.Tensor], *, lora_scale: float, base_rows: int) -> None:
@@ -704,6 +739,27 @@ def save_delta(model: GLiClassModel, path: str | Path, *, base_encoder: str, ext
     return folder
 
 
+def read_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A delta folder's tensors and metadata; anything but a ``DELTA_FORMAT`` file is refused."""
+    from safetensors import safe_open
+
+    file = Path(path) / DELTA_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: {path} is not a delta folder (what rac train writes)")
+    with safe_open(file, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != DELTA_FORMAT:
+            raise ValueError(f"{file} is not a {DELTA_FORMAT} file (format {metadata.get('format')!r})")
+        return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+
+
+def check_delta_base(metadata: dict[str, str], base: str) -> None:
+    """Refuse base weights other than the ones the delta was trained on (by the sha256 it records)."""
+    base_file = _base_weights_file(Path(base))
+    if base_file and metadata.get("base_sha256") and file_sha256(base_file) != metadata["base_sha256"]:
+        raise ValueError(f"base weights {base_file} differ from the ones the delta was trained on")
+
+
 def load_delta_model(path: str | Path, *, base_encoder: str | None = None, device: str | torch.device | None = None,
                      max_length: int | None = None, reference_compat: bool = False,
                      lowercase_labels: bool | None = None, allow_download: bool = False) -> GLiClassModel:
@@ -712,17 +768,10 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
     The delta's own ``base_encoder`` name loads from local files only unless ``allow_download=True``; a
     ``base_encoder`` passed here may download.
     """
-    from safetensors import safe_open
-
     folder = Path(path)
-    with safe_open(folder / DELTA_NAME, framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if metadata.get("format") != DELTA_FORMAT:
-        raise ValueError(f"{folder / DELTA_NAME} is not a {DELTA_FORMAT} file (format {metadata.get('format')!r})")
+    delta, metadata = read_delta(folder)
     base = resolve_base_encoder(base_encoder or metadata["base_encoder"])
-    base_file = _base_weights_file(Path(base))
-    if base_file and metadata.get("base_sha256") and file_sha256(base_file) != metadata["base_sha256"]:
-        raise ValueError(f"base weights {base_file} differ from the ones the delta was trained on")
+    check_delta_base(metadata, base)
     config = read_config(folder, lowercase_labels=lowercase_labels)
     tokenizer = load_tokenizer(folder, config)
     local_only = base_encoder is None and not allow_download
@@ -735,8 +784,7 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
                          "and a name read from a file is not downloaded: pass allow_download=True or base_encoder= "
                          f"({err})") from None
     model = GLiClassModel(config, tokenizer, encoder=encoder, max_length=max_length, reference_compat=reference_compat)
-    apply_delta(model, load_file(folder / DELTA_NAME), lora_scale=float(metadata["lora_scale"]),
-                base_rows=int(metadata["base_rows"]))
+    apply_delta(model, delta, lora_scale=float(metadata["lora_scale"]), base_rows=int(metadata["base_rows"]))
     return model.to(device or "cpu").eval()
 
 

