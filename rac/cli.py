@@ -495,7 +495,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_fit_fusion(subparsers: argparse._SubParsersAction) -> None:
-    from rac.fusion_fit import DEFAULT_CORPUS, DEFAULT_K, DEFAULT_QUERIES, DEFAULT_UNSEEN_RATE
+    from rac.fusion_fit import DEFAULT_CORPUS, DEFAULT_K, DEFAULT_QUERIES, DEFAULT_UNSEEN_RATE, DEFAULT_UNSEEN_WEIGHT
 
     p = subparsers.add_parser(
         "fit-fusion", help="refit the evidence fusion for a model on training-pool datasets it did not train on",
@@ -515,6 +515,8 @@ def _add_fit_fusion(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-corpus", type=int, default=DEFAULT_CORPUS, help="corpus rows per dataset (default: %(default)s)")
     p.add_argument("--unseen-rate", type=float, default=DEFAULT_UNSEEN_RATE,
                    help="share of labels removed from the index for half of the queries (default: %(default)s)")
+    p.add_argument("--unseen-weight", type=float, default=DEFAULT_UNSEEN_WEIGHT,
+                   help="weight of a query whose true label the index lacks (default: %(default)s)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="examples shown to the model (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples and the drift (default: %(default)s)")
     p.set_defaults(run=_run_fit_fusion)
@@ -531,7 +533,7 @@ def _run_fit_fusion(args: argparse.Namespace) -> int:
     command = shlex.join(["rac", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("rac") else "rac fit-fusion"
     fusion, table = run(classifier, args.data_dir, datasets, args.out, report=args.report, cache=args.cache,
                         command=command, max_queries=args.max_queries, max_corpus=args.max_corpus,
-                        unseen_rate=args.unseen_rate, k=args.k, seed=args.seed)
+                        unseen_rate=args.unseen_rate, unseen_weight=args.unseen_weight, k=args.k, seed=args.seed)
     for name, row in table.items():
         print(f"{name:32s} F1 {row['f1']:.3f}  hit unseen {row['hit_unseen']:.3f}  seen {row['hit_seen']:.3f}")
     print(f"wrote {args.out}: {fusion!r}", file=sys.stderr)

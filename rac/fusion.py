@@ -4,8 +4,9 @@ A logistic model over a dozen per-(text, label) features. Each feature belongs t
 result can say how far each source moved a label's score (``contributions``). Relative features (a label's
 model logit or prototype cosine minus the best candidate's) let one linear model work across label sets of
 any size, and the ``unseen_model`` feature gives the model its own weight on labels the index has no
-example of: a label added this week wins when the model is sure of it, where a fixed mix with the
-neighbours' vote could never let it.
+example of (``coverage``, the share of candidates the index holds, says how much of the label set is new):
+a label added this week wins when the model is sure of it, where a fixed mix with the neighbours' vote
+could never let it.
 
 The weights are fitted on the training pool with label drift simulated (``rac.fusion_fit``, ``rac
 fit-fusion``) and stored as a small JSON file beside the model (no pickle).
@@ -44,9 +45,14 @@ FEATURE_SOURCES: dict[str, str] = {
     "prototype_gap": "prototype",
     "reliable_prototype_gap": "prototype",
     "indexed": "index",
+    "coverage": "index",
     "reliability": "index",
 }
 ALL_FEATURES = tuple(FEATURE_SOURCES)
+#: The features the shipped fusion uses: those whose removal cost leave-one-dataset-out F1 or unseen-label
+#: hits on the training pool (``rac.fusion_fit.ABLATIONS``, ``benchmarks/results/fusion_fit.md``).
+DEFAULT_FEATURES = ("model_logit", "unseen_model", "knn", "reliable_knn", "near_knn", "prototype_gap", "indexed",
+                    "coverage", "reliability")
 SOURCES = tuple(dict.fromkeys(FEATURE_SOURCES.values()))
 
 
@@ -73,6 +79,7 @@ def features(evidence: Evidence, names: Sequence[str] = ALL_FEATURES) -> np.ndar
         "prototype_gap": prototype_gap,
         "reliable_prototype_gap": r * prototype_gap,
         "indexed": indexed,
+        "coverage": np.full_like(logit, indexed.mean()),
         "reliability": np.full_like(logit, r),
     }
     return np.stack([columns[name] for name in names], axis=1)
@@ -171,7 +178,7 @@ class EvidenceFusion:
         y: np.ndarray,
         *,
         weights: np.ndarray | None = None,
-        feature_names: Sequence[str] = ALL_FEATURES,
+        feature_names: Sequence[str] = DEFAULT_FEATURES,
         regularization: float = 1.0,
         fitted_on: dict[str, Any] | None = None,
     ) -> EvidenceFusion:

@@ -25,22 +25,30 @@ import numpy as np
 
 from rac.evidence import Evidence
 from rac.formatting import RACExample
-from rac.fusion import ALL_FEATURES, FEATURE_SOURCES, EvidenceFusion, features
+from rac.fusion import ALL_FEATURES, DEFAULT_FEATURES, FEATURE_SOURCES, EvidenceFusion, features
 
 DEFAULT_QUERIES = 300
 DEFAULT_CORPUS = 1000
 DEFAULT_UNSEEN_RATE = 0.3
 DEFAULT_K = 3
-#: Feature sets compared by the ablation (each fitted leave-one-dataset-out).
+#: Weight of a query whose true label the index lacks, against 1 for the others. Drift is simulated on half
+#: the queries, for 30% of the labels, so such queries are rare in the fit; at weight 1 the fusion learns
+#: to follow the neighbours' old labels and names a new label less often than the model alone would
+#: (leave-one-dataset-out on the pool: ``benchmarks/results/fusion_fit.md``).
+DEFAULT_UNSEEN_WEIGHT = 2.0
+#: Feature sets compared by the ablation (each fitted leave-one-dataset-out): every candidate feature, the
+#: shipped set, and the shipped set without each evidence source.
 ABLATIONS: dict[str, tuple[str, ...]] = {
-    "all": ALL_FEATURES,
-    "no model gap": tuple(f for f in ALL_FEATURES if f != "model_gap"),
-    "no unseen-label model weight": tuple(f for f in ALL_FEATURES if f != "unseen_model"),
-    "no kNN share": tuple(f for f in ALL_FEATURES if FEATURE_SOURCES[f] != "neighbours"),
-    "no shown share": tuple(f for f in ALL_FEATURES if f != "shown"),
-    "no prototype": tuple(f for f in ALL_FEATURES if FEATURE_SOURCES[f] != "prototype"),
-    "no reliability": tuple(f for f in ALL_FEATURES if not f.startswith("reliab")),
-    "model + kNN + prototype only": ("model_logit", "knn", "prototype_gap", "indexed"),
+    "every candidate feature": ALL_FEATURES,
+    "shipped": DEFAULT_FEATURES,
+    **{f"shipped without {source}": tuple(f for f in DEFAULT_FEATURES if FEATURE_SOURCES[f] != source)
+       for source in ("neighbours", "prototype", "index")},
+    "shipped without the unseen-label model weight": tuple(f for f in DEFAULT_FEATURES if f != "unseen_model"),
+    "shipped without coverage": tuple(f for f in DEFAULT_FEATURES if f != "coverage"),
+    "shipped without reliability": tuple(f for f in DEFAULT_FEATURES if not f.startswith("reliab")),
+    "shipped without nearest-neighbour similarity": tuple(f for f in DEFAULT_FEATURES if f != "near_knn"),
+    "shipped plus the model's gap to the best label": (*DEFAULT_FEATURES, "model_gap"),
+    "shipped plus the shown examples' share": (*DEFAULT_FEATURES, "shown"),
 }
 
 
@@ -120,15 +128,19 @@ def collect(
     return out
 
 
-def design(queries: Sequence[QueryEvidence], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stacked features, targets and weights (every dataset weighs the same in the fit, whatever its size)."""
+def design(
+    queries: Sequence[QueryEvidence], names: Sequence[str], *, unseen_weight: float = DEFAULT_UNSEEN_WEIGHT
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stacked features, targets and weights: every dataset weighs the same in the fit, whatever its size,
+    and within one a query with an unseen true label weighs ``unseen_weight``."""
     x = np.concatenate([features(q.evidence, names) for q in queries])
     y = np.concatenate([q.targets() for q in queries])
-    rows = {}
-    for q in queries:
-        rows[q.dataset] = rows.get(q.dataset, 0) + len(q.labels)
-    w = np.concatenate([np.full(len(q.labels), 1.0 / rows[q.dataset]) for q in queries])
-    return x, y, w * len(rows)
+    query_weight = [unseen_weight if q.unseen else 1.0 for q in queries]
+    totals: dict[str, float] = {}
+    for q, weight in zip(queries, query_weight):
+        totals[q.dataset] = totals.get(q.dataset, 0.0) + weight * len(q.labels)
+    w = np.concatenate([np.full(len(q.labels), weight / totals[q.dataset]) for q, weight in zip(queries, query_weight)])
+    return x, y, w * len(w) / w.sum()
 
 
 def score_queries(queries: Sequence[QueryEvidence], scorer: Any) -> dict[str, float]:
@@ -151,7 +163,9 @@ def fixed_mix_scores(evidence: Evidence) -> np.ndarray:
     return 0.5 * evidence.model + 0.5 * evidence.shown if evidence.shown.any() else evidence.model
 
 
-def ablation(queries: Sequence[QueryEvidence], *, regularization: float = 1.0) -> dict[str, dict[str, float]]:
+def ablation(
+    queries: Sequence[QueryEvidence], *, regularization: float = 1.0, unseen_weight: float = DEFAULT_UNSEEN_WEIGHT
+) -> dict[str, dict[str, float]]:
     """Leave-one-dataset-out averages for every feature set in ``ABLATIONS`` and the two reference scorers."""
     names = sorted({q.dataset for q in queries})
     by_set = {name: [q for q in queries if q.dataset == name] for name in names}
@@ -163,7 +177,7 @@ def ablation(queries: Sequence[QueryEvidence], *, regularization: float = 1.0) -
     for label, feature_names in ABLATIONS.items():
         rows = []
         for held in names:
-            x, y, w = design([q for q in queries if q.dataset != held], feature_names)
+            x, y, w = design([q for q in queries if q.dataset != held], feature_names, unseen_weight=unseen_weight)
             fusion = EvidenceFusion.fit(x, y, weights=w, feature_names=feature_names, regularization=regularization)
             rows.append(score_queries(by_set[held], fusion.score))
         table[label] = {key: float(np.nanmean([r[key] for r in rows])) for key in rows[0]}
@@ -171,11 +185,11 @@ def ablation(queries: Sequence[QueryEvidence], *, regularization: float = 1.0) -
 
 
 def fit(
-    queries: Sequence[QueryEvidence], *, feature_names: Sequence[str] = ALL_FEATURES, regularization: float = 1.0,
-    fitted_on: dict[str, Any] | None = None,
+    queries: Sequence[QueryEvidence], *, feature_names: Sequence[str] = DEFAULT_FEATURES, regularization: float = 1.0,
+    unseen_weight: float = DEFAULT_UNSEEN_WEIGHT, fitted_on: dict[str, Any] | None = None,
 ) -> EvidenceFusion:
     """The fusion fitted on every query."""
-    x, y, w = design(queries, feature_names)
+    x, y, w = design(queries, feature_names, unseen_weight=unseen_weight)
     return EvidenceFusion.fit(x, y, weights=w, feature_names=feature_names, regularization=regularization,
                               fitted_on=fitted_on)
 
@@ -185,7 +199,8 @@ def report_markdown(table: dict[str, dict[str, float]], fusion: EvidenceFusion, 
     lines = ["# Evidence fusion: fit and ablation", "", f"Command: `{command}` ({seconds:.0f} s)", "",
              f"Fitted on {', '.join(fusion.fitted_on.get('datasets', []))} (training-pool datasets the model did "
              f"not train on), {fusion.fitted_on.get('queries')} queries, half against an index with "
-             f"{fusion.fitted_on.get('unseen_rate', 0):.0%} of the labels removed.", "",
+             f"{fusion.fitted_on.get('unseen_rate', 0):.0%} of the labels removed; a query whose true label the "
+             f"index lacks weighs {fusion.fitted_on.get('unseen_weight')}.", "",
              "Leave-one-dataset-out: each row fitted on all datasets but one and scored on that one, averaged. "
              "F1: macro-F1 of the top label (single-label sets), micro-F1 at 0.5 (multi-label sets); hit: top-1 "
              "hit rate on queries whose true label is unseen / seen.", "",
@@ -209,6 +224,7 @@ def run(
     cache: str | Path | None = None,
     command: str = "",
     progress: bool = True,
+    unseen_weight: float = DEFAULT_UNSEEN_WEIGHT,
     **options: Any,
 ) -> tuple[EvidenceFusion, dict[str, dict[str, float]]]:
     """Collect (or read ``cache``), ablate, fit on everything, save the fusion to ``out``; ``report``
@@ -222,11 +238,12 @@ def run(
         if cache_path is not None:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             cache_path.write_text(json.dumps([q.to_dict() for q in queries]), encoding="utf-8")
-    table = ablation(queries)
+    table = ablation(queries, unseen_weight=unseen_weight)
     fitted_on = {"datasets": sorted({q.dataset for q in queries}), "queries": len(queries), "command": command,
+                 "unseen_weight": unseen_weight,
                  "unseen_rate": options.get("unseen_rate", DEFAULT_UNSEEN_RATE), "k": options.get("k", DEFAULT_K),
                  "model": str(getattr(classifier, "model_name", "rac default model"))}
-    fusion = fit(queries, fitted_on=fitted_on)
+    fusion = fit(queries, unseen_weight=unseen_weight, fitted_on=fitted_on)
     fusion.save(out)
     if report is not None:
         report = Path(report)

@@ -257,8 +257,8 @@ def test_explicit_examples_change_scores_and_are_reported(clf: RACClassifier) ->
 
 def toy_fusion():
     """A real fitted fusion: on synthetic evidence where the examples' share is the truth."""
-    from rac.fusion import EvidenceFusion, features
     from rac.evidence import Evidence
+    from rac.fusion import ALL_FEATURES, EvidenceFusion, features
 
     rng = np.random.default_rng(0)
     rows, targets = [], []
@@ -269,7 +269,7 @@ def toy_fusion():
         ev = Evidence(rng.uniform(0.05, 0.95, 5), share, share, rng.uniform(0.1, 0.5, 5), np.ones(5), 0.7, 0.8)
         rows.append(features(ev))
         targets.append((np.arange(5) == truth).astype(int))
-    return EvidenceFusion.fit(np.concatenate(rows), np.concatenate(targets))
+    return EvidenceFusion.fit(np.concatenate(rows), np.concatenate(targets), feature_names=ALL_FEATURES)
 
 
 def test_fusion_scores_given_examples_and_says_what_moved_them(model: GLiClassModel) -> None:

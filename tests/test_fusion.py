@@ -58,7 +58,8 @@ def toy_fusion() -> EvidenceFusion:
         ev = evidence(model, knn=knn, shown=knn, indexed=indexed, reliability=0.8)
         rows.append(features(ev))
         targets.append((np.arange(4) == truth).astype(int))
-    return EvidenceFusion.fit(np.concatenate(rows), np.concatenate(targets), fitted_on={"datasets": ["toy"]})
+    return EvidenceFusion.fit(np.concatenate(rows), np.concatenate(targets), feature_names=ALL_FEATURES,
+                              fitted_on={"datasets": ["toy"]})
 
 
 def test_fit_learns_when_to_trust_which_source() -> None:
