@@ -5,7 +5,8 @@ Each set is read as ``rac eval`` reads it (``rac.evaluation.load_dataset``: seed
 and the corpus) and its corpus indexed once; at k=0 and k=3 (neighbours with cosine >= 0.5, as ``rac eval``):
 
 * recall: the share of queries whose true labels are all in the shortlist (k=0: label-name cosine alone;
-  k=3: plus the labels of the examples shown), and its mean share of true labels kept;
+  k=3: plus the labels of the examples shown and of the 10 nearest neighbours), and its mean share of true
+  labels kept;
 * F1, ``rac eval``'s headline metric (micro-F1 at 0.5 on multi-label sets, top-1 macro-F1 otherwise), of
   ``RACClassifier.predict`` with the shortlist and with ``shortlist=False``, on its final scores and on the
   model's own (they differ where a fusion is on); and the passes each takes per text.
@@ -59,8 +60,8 @@ def shortlist_recall(classifier: RACClassifier, texts: list[str], labels: tuple[
                      gold: list[tuple[str, ...]], k: int) -> dict[str, float]:
     """Share of texts whose gold labels are all shortlisted, and mean share of gold labels shortlisted, for the
     shortlists ``predict`` itself would make (same retrieval, same embeddings)."""
-    shown, _, vectors = classifier._examples(texts, None, k, MIN_SIMILARITY)
-    picked = classifier._shortlists(texts, [labels] * len(texts), shown, vectors)
+    shown, neighbours, vectors = classifier._examples(texts, None, k, MIN_SIMILARITY)
+    picked = classifier._shortlists(texts, [labels] * len(texts), shown, neighbours, vectors)
     kept = [{labels[j] for j in p.kept} if p is not None else set(labels) for p in picked]
     share = [len(kept_i & set(g)) / len(g) for kept_i, g in zip(kept, gold)]
     return {"all_true_kept": float(np.mean([s == 1.0 for s in share])), "true_kept": float(np.mean(share))}

@@ -11,12 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rac.evidence import LabelStatistics, knn_share
+from rac.evidence import LabelStatistics, LinearProbe, knn_share
 from rac.formatting import RACExample
-
-#: Inverse regularisation of the logistic-regression peer: unit-norm sentence embeddings need weaker
-#: regularisation than scikit-learn's default ``C=1``, which under-fits them (a separable toy set is missed).
-LOGREG_C = 10.0
 
 
 def zero_shot_scores(vectors: np.ndarray, label_vectors: np.ndarray) -> np.ndarray:
@@ -48,34 +44,9 @@ def logreg_scores(
     *,
     multi_label: bool,
 ) -> np.ndarray:
-    """Logistic regression (``C=LOGREG_C``) on the corpus embeddings: multinomial for single-label sets,
-    one-vs-rest otherwise.
-
-    Probabilities per candidate label; a label with no corpus example scores 0, a label every corpus row
-    carries scores 1.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    position = {label: j for j, label in enumerate(labels)}
-    out = np.zeros((len(vectors), len(labels)))
+    """Logistic regression on the corpus embeddings (``rac.evidence.LinearProbe``, the fusion's probe):
+    multinomial for single-label sets, one-vs-rest otherwise."""
     if not len(corpus_vectors) or not len(vectors):
-        return out
-    if not multi_label:
-        targets = np.array([position[row[0]] for row in corpus_labels])
-        present = np.unique(targets)
-        if len(present) == 1:
-            out[:, present[0]] = 1.0
-            return out
-        model = LogisticRegression(C=LOGREG_C, max_iter=1000).fit(corpus_vectors, targets)
-        out[:, model.classes_] = model.predict_proba(vectors)
-        return out
-    indicator = np.zeros((len(corpus_labels), len(labels)), dtype=bool)
-    for row, names in enumerate(corpus_labels):
-        indicator[row, [position[name] for name in names]] = True
-    for j in range(len(labels)):
-        column = indicator[:, j]
-        if column.all() or not column.any():
-            out[:, j] = float(column.all())
-            continue
-        out[:, j] = LogisticRegression(C=LOGREG_C, max_iter=1000).fit(corpus_vectors, column).predict_proba(vectors)[:, 1]
-    return out
+        return np.zeros((len(vectors), len(labels)))
+    probe = LinearProbe.fit(corpus_vectors, corpus_labels, multinomial=not multi_label)
+    return probe.probabilities(vectors, labels)

@@ -123,7 +123,8 @@ class RACClassifier:
     forward runs in, under autocast with the weights left in float32: ``auto`` is bf16 where the hardware runs
     it natively, and ``float32`` gives exactly the scores of a model without autocast.
     ``shortlist``: a text with more candidate labels than ``max_labels_per_pass`` has only that many scored,
-    in one pass: those its examples carry and the rest by cosine between the text and the label names
+    in one pass: those its examples and its ``knn_k`` nearest neighbours carry, the rest by cosine between the
+    text and the label names
     (``rac.shortlist``; the index's embedder, or the packaged default without an index). The others rank
     below every shortlisted label, with scores under ``rac.shortlist.OUTSIDE_CEILING`` and no evidence.
     ``False`` scores every label, in as many passes as it takes.
@@ -320,7 +321,7 @@ class RACClassifier:
             return []
         specs, label_names = parse_labels(labels, len(texts))
         text_examples, neighbours, vectors = self._examples(texts, examples, k, min_similarity)
-        shortlists = self._shortlists(texts, label_names, text_examples, vectors)
+        shortlists = self._shortlists(texts, label_names, text_examples, neighbours, vectors)
         label_sets = self.processor.label_sets(
             [names if picked is None else tuple(names[j] for j in picked.kept)
              for names, picked in zip(label_names, shortlists)]
@@ -387,10 +388,12 @@ class RACClassifier:
         texts: list[str],
         label_names: Sequence[tuple[str, ...]],
         text_examples: Sequence[Sequence[RACExample]],
+        neighbours: Sequence[Sequence[RACExample]] | None,
         vectors: np.ndarray | None,
     ) -> list[Shortlist | None]:
         """Per text, the labels the model scores (``rac.shortlist.select``), or ``None`` where all of them fit
-        one pass or the shortlist is off. ``vectors``: the texts' embeddings when retrieval made them."""
+        one pass or the shortlist is off. The labels of the shown examples and of the ``knn_k`` nearest
+        neighbours are kept (the fusion weighs both); ``vectors``: the texts' embeddings when retrieval made them."""
         size = self.max_labels_per_pass
         todo = [i for i, names in enumerate(label_names) if self.shortlist and len(names) > size]
         out: list[Shortlist | None] = [None] * len(texts)
@@ -407,8 +410,8 @@ class RACClassifier:
                     del self._label_vectors[next(iter(self._label_vectors))]
                 self._label_vectors[names] = embedder.encode(list(names))
             position = {name: j for j, name in enumerate(names)}
-            carried = {position[label] for example in text_examples[i] for label in example.true_labels
-                       if label in position}
+            found = [*text_examples[i], *(neighbours[i] if neighbours is not None else ())]
+            carried = {position[label] for example in found for label in example.true_labels if label in position}
             out[i] = select(self._label_vectors[names] @ vectors[i], size, carried=carried)
         return out
 

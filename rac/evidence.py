@@ -12,7 +12,9 @@ of the index that are kept up to date as it grows:
 * ``reliability``: how often an indexed example's nearest other example shares one of its labels; high for
   topics, low for sentiment, where neighbours say little and the model should decide;
 * ``nearest``: the cosine of the text's nearest example (a near-duplicate's labels say more than a far
-  neighbour's).
+  neighbour's);
+* ``probe``: the probability of a linear probe, logistic regression fitted on the index's embeddings
+  (``LinearProbe``): the supervised reading of the corpus, strongest where a label has many examples.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +39,11 @@ KNN_TEMPERATURE = 0.05
 RELIABILITY_SAMPLE = 256
 #: Reliability assumed when there is no index to measure it on (given examples only): the middle.
 DEFAULT_RELIABILITY = 0.5
+#: Inverse regularisation of the linear probe: unit-norm sentence embeddings need weaker regularisation
+#: than scikit-learn's default ``C=1``, which under-fits them (a separable toy set is missed).
+PROBE_C = 10.0
+#: Most indexed examples the probe is fitted on (a seeded sample), so a large index refits in seconds.
+PROBE_SAMPLE = 4000
 
 
 @dataclass(frozen=True)
@@ -50,14 +57,16 @@ class Evidence:
     indexed: np.ndarray
     reliability: float
     nearest: float = 0.0
+    probe: np.ndarray | None = None
 
     @classmethod
     def from_dicts(cls, labels: Sequence[str], evidence: dict[str, dict[str, float]]) -> Evidence:
         """Inverse of ``as_dicts`` for ``labels`` (in that order)."""
         column = lambda name: np.array([evidence[label][name] for label in labels], dtype=np.float64)  # noqa: E731
         first = evidence[labels[0]] if labels else {}
+        probe = column("probe") if "probe" in first else None
         return cls(column("model"), column("shown"), column("knn"), column("prototype"), column("indexed"),
-                   float(first.get("reliability", DEFAULT_RELIABILITY)), float(first.get("nearest", 0.0)))
+                   float(first.get("reliability", DEFAULT_RELIABILITY)), float(first.get("nearest", 0.0)), probe)
 
     def as_dicts(self, labels: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{label: {"model": .., "shown": .., ...}}``: the raw evidence, JSON-ready."""
@@ -66,6 +75,7 @@ class Evidence:
                 "model": float(self.model[j]), "shown": float(self.shown[j]), "knn": float(self.knn[j]),
                 "prototype": float(self.prototype[j]), "indexed": float(self.indexed[j]),
                 "reliability": float(self.reliability), "nearest": float(self.nearest),
+                **({} if self.probe is None else {"probe": float(self.probe[j])}),
             }
             for j, label in enumerate(labels)
         }
@@ -99,6 +109,65 @@ def knn_share(neighbours: Sequence[RACExample], labels: Sequence[str]) -> np.nda
     return share
 
 
+class LinearProbe:
+    """Logistic regression on example embeddings: multinomial when every example has one label (a
+    distribution over labels), one-vs-rest otherwise (one probability per label).
+
+    A label with no example scores 0; a label every example carries scores 1.
+    """
+
+    def __init__(self, labels: list[str], models: list[Any], multinomial: bool, constant: dict[str, float]):
+        self.labels, self.models, self.multinomial, self.constant = labels, models, multinomial, constant
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, label_lists: Sequence[Sequence[str]], *, multinomial: bool | None = None,
+            regularization: float = PROBE_C) -> LinearProbe:
+        """Fit on ``vectors`` (one row per example) and their label lists; ``multinomial=None`` decides by
+        whether every example has exactly one label."""
+        from sklearn.linear_model import LogisticRegression
+
+        vectors = np.asarray(vectors, dtype=np.float64)
+        if multinomial is None:
+            multinomial = all(len(labels) == 1 for labels in label_lists)
+        names = sorted({label for labels in label_lists for label in labels})
+        if multinomial:
+            targets = [labels[0] for labels in label_lists]
+            if len(names) < 2:
+                return cls(names, [], True, {name: 1.0 for name in names})
+            model = LogisticRegression(C=regularization, max_iter=1000).fit(vectors, targets)
+            return cls(list(model.classes_), [model], True, {})
+        models, constant, kept = [], {}, []
+        for name in names:
+            column = np.array([name in labels for labels in label_lists])
+            if column.all():
+                constant[name] = 1.0
+                continue
+            kept.append(name)
+            models.append(LogisticRegression(C=regularization, max_iter=1000).fit(vectors, column))
+        return cls(kept, models, False, constant)
+
+    def probabilities(self, vectors: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """``(len(vectors), len(labels))`` probabilities for the candidate ``labels``."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        out = np.zeros((len(vectors), len(labels)))
+        position = {label: j for j, label in enumerate(labels)}
+        for name, value in self.constant.items():
+            if name in position:
+                out[:, position[name]] = value
+        if not self.models or not len(vectors):
+            return out
+        if self.multinomial:
+            probs = self.models[0].predict_proba(vectors)
+            for column, name in enumerate(self.labels):
+                if name in position:
+                    out[:, position[name]] = probs[:, column]
+            return out
+        for name, model in zip(self.labels, self.models):
+            if name in position:
+                out[:, position[name]] = model.predict_proba(vectors)[:, 1]
+        return out
+
+
 @dataclass(frozen=True)
 class LabelStatistics:
     """A snapshot of an index's per-label statistics."""
@@ -107,6 +176,7 @@ class LabelStatistics:
     prototypes: np.ndarray  # (n_labels, dimension), unit rows
     counts: np.ndarray  # examples per label
     reliability: float
+    probe: LinearProbe | None = None
 
     def prototype_cosines(self, vector: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(cosine to each label's prototype, indexed flag)``; 0 and False for labels with no example."""
@@ -122,8 +192,8 @@ class IndexStatistics:
     """Label prototypes, counts and retrieval reliability of one ``ExampleIndex``, as of its latest change.
 
     The index keeps the per-label sums itself (``ExampleIndex.label_prototypes``, updated by ``add`` and
-    ``remove``), so a snapshot costs no pass over the store; reliability is re-measured when the index has
-    grown or shrunk by more than a tenth since it was last measured. Thread-safe.
+    ``remove``), so a snapshot costs no pass over the store; reliability and the linear probe are re-measured
+    when the index has grown or shrunk by more than a tenth since, or (the probe) gained a label. Thread-safe.
     """
 
     def __init__(self, index: ExampleIndex):
@@ -133,6 +203,8 @@ class IndexStatistics:
         self._version = -1
         self._reliability_at = 0
         self._reliability = DEFAULT_RELIABILITY
+        self._probe: LinearProbe | None = None
+        self._probe_labels: frozenset[str] = frozenset()
 
     def snapshot(self) -> LabelStatistics:
         """The statistics of the index as it is now."""
@@ -143,7 +215,11 @@ class IndexStatistics:
             size = len(self.index)
             if size and (self._reliability_at == 0 or abs(size - self._reliability_at) > 0.1 * self._reliability_at):
                 self._reliability, self._reliability_at = retrieval_reliability(self.index), size
-            self._snapshot = LabelStatistics({n: j for j, n in enumerate(names)}, prototypes, counts, self._reliability)
+                self._probe = None
+            if size and (self._probe is None or not self._probe_labels.issuperset(names)):
+                self._probe, self._probe_labels = fit_probe(self.index), frozenset(names)
+            self._snapshot = LabelStatistics({n: j for j, n in enumerate(names)}, prototypes, counts,
+                                             self._reliability, self._probe)
             self._version = version
             return self._snapshot
 
@@ -162,6 +238,14 @@ def retrieval_reliability(index: ExampleIndex, *, sample: int = RELIABILITY_SAMP
             continue
         hits.append(bool(set(index.example(i).true_labels) & set(index.example(other).true_labels)))
     return float(np.mean(hits)) if hits else DEFAULT_RELIABILITY
+
+
+def fit_probe(index: ExampleIndex, *, sample: int = PROBE_SAMPLE, seed: int = 0) -> LinearProbe:
+    """A ``LinearProbe`` on (a seeded sample of) the index's live examples, from their stored vectors."""
+    live = index.live_ids()
+    if len(live) > sample:
+        live = sorted(np.random.default_rng(seed).choice(live, size=sample, replace=False).tolist())
+    return LinearProbe.fit(index.vectors(live), [index.example(i).true_labels for i in live])
 
 
 def gather(
@@ -185,7 +269,8 @@ def gather(
             reliability=DEFAULT_RELIABILITY, nearest=nearest,
         )
     prototype, indexed = statistics.prototype_cosines(vector, labels)
+    probe = statistics.probe.probabilities(vector, labels)[0] if statistics.probe is not None else np.zeros(len(labels))
     return Evidence(
         model=np.asarray(model_scores, dtype=np.float64), shown=share, knn=knn_share(neighbours or (), labels),
-        prototype=prototype, indexed=indexed, reliability=statistics.reliability, nearest=nearest,
+        prototype=prototype, indexed=indexed, reliability=statistics.reliability, nearest=nearest, probe=probe,
     )

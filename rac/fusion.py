@@ -44,6 +44,8 @@ FEATURE_SOURCES: dict[str, str] = {
     "prototype": "prototype",
     "prototype_gap": "prototype",
     "reliable_prototype_gap": "prototype",
+    "probe": "probe",
+    "reliable_probe": "probe",
     "indexed": "index",
     "coverage": "index",
     "reliability": "index",
@@ -51,8 +53,8 @@ FEATURE_SOURCES: dict[str, str] = {
 ALL_FEATURES = tuple(FEATURE_SOURCES)
 #: The features the shipped fusion uses: those whose removal cost leave-one-dataset-out F1 or unseen-label
 #: hits on the training pool (``rac.fusion_fit.ABLATIONS``, ``benchmarks/results/fusion_fit.md``).
-DEFAULT_FEATURES = ("model_logit", "unseen_model", "knn", "reliable_knn", "near_knn", "prototype_gap", "indexed",
-                    "coverage", "reliability")
+DEFAULT_FEATURES = ("model_logit", "unseen_model", "knn", "reliable_knn", "near_knn", "prototype_gap", "probe",
+                    "indexed", "coverage", "reliability")
 SOURCES = tuple(dict.fromkeys(FEATURE_SOURCES.values()))
 
 
@@ -66,6 +68,7 @@ def features(evidence: Evidence, names: Sequence[str] = ALL_FEATURES) -> np.ndar
     else:
         prototype_gap = np.zeros_like(logit)
     r = evidence.reliability
+    probe = evidence.probe if evidence.probe is not None else np.zeros_like(logit)
     columns = {
         "model_logit": logit,
         "model_gap": logit - logit.max(),
@@ -78,6 +81,8 @@ def features(evidence: Evidence, names: Sequence[str] = ALL_FEATURES) -> np.ndar
         "prototype": indexed * evidence.prototype,
         "prototype_gap": prototype_gap,
         "reliable_prototype_gap": r * prototype_gap,
+        "probe": probe,
+        "reliable_probe": r * probe,
         "indexed": indexed,
         "coverage": np.full_like(logit, indexed.mean()),
         "reliability": np.full_like(logit, r),

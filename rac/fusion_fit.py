@@ -42,7 +42,7 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "every candidate feature": ALL_FEATURES,
     "shipped": DEFAULT_FEATURES,
     **{f"shipped without {source}": tuple(f for f in DEFAULT_FEATURES if FEATURE_SOURCES[f] != source)
-       for source in ("neighbours", "prototype", "index")},
+       for source in ("neighbours", "prototype", "probe", "index")},
     "shipped without the unseen-label model weight": tuple(f for f in DEFAULT_FEATURES if f != "unseen_model"),
     "shipped without coverage": tuple(f for f in DEFAULT_FEATURES if f != "coverage"),
     "shipped without reliability": tuple(f for f in DEFAULT_FEATURES if not f.startswith("reliab")),

@@ -121,3 +121,17 @@ def test_shortlist_off_scores_every_label_in_chunks(model) -> None:
     assert result.passes == 4 and min(result.scores.values()) > 0.01
     [short] = RACClassifier(model).predict(TEXT, labels)
     assert short.passes == 1 and sorted(short.scores) == sorted(labels)
+
+
+def test_labels_of_the_nearest_neighbours_are_shortlisted(model) -> None:
+    """Retrieved neighbours count even below the similarity cut of the shown examples (the fusion weighs them)."""
+    from rac.classifier import RACClassifier
+    from rac.formatting import RACExample
+    from rac.index import ExampleIndex
+
+    index = ExampleIndex.build([RACExample("the weather in oslo tomorrow", ("synthetic label 5",)),
+                                RACExample("a table for four at eight", ("synthetic label 77",))])
+    [result] = RACClassifier(model, index).predict(TEXT, MANY, k=3, min_similarity=0.99)
+    assert result.examples == []  # none shown to the model
+    kept = {name for name, _ in result.labels[:25]}
+    assert {"synthetic label 5", "synthetic label 77"} <= kept
