@@ -31,10 +31,11 @@ from rac.embedding import length_sorted_batches
 from rac.evidence import KNN_DEPTH, Evidence, IndexStatistics, gather
 from rac.formatting import DEFAULT_EXAMPLE_TOKENS, RACExample
 from rac.fusion import FILE_NAME as FUSION_FILE
-from rac.fusion import EvidenceFusion, default_fusion_path
+from rac.fusion import EvidenceFusion
 from rac.inputs import GLiClassProcessor, ModelInput
 from rac.labels import LabelSpec, nest_scores, parse_labels
 from rac.precision import autocast, dtype_name, resolve_dtype
+from rac.storage import read_json_artifact
 from rac.shortlist import Shortlist, fill_scores, select
 
 if TYPE_CHECKING:
@@ -162,7 +163,8 @@ class RACClassifier:
             from rac.retrieval import Retriever
 
             self._retriever = Retriever(index)
-            self._statistics = IndexStatistics(index)
+            # the raw evidence (fusion off) includes the probe; a fusion that never reads it skips its fit
+            self._statistics = IndexStatistics(index, probe=fusion is None or fusion.uses_probe)
         self.processor = GLiClassProcessor.from_model(
             model, max_example_tokens=max_example_tokens, max_labels_per_pass=max_labels_per_pass
         )
@@ -223,15 +225,6 @@ class RACClassifier:
         from rac import model as model_module
 
         settings = _read_settings(model) if isinstance(model, (str, Path)) else {}
-        if fusion == "default":
-            if model is None:
-                fusion = default_fusion_path() if default_fusion_path().is_file() else None
-            elif isinstance(model, (str, Path)) and (Path(model) / FUSION_FILE).is_file():
-                fusion = Path(model) / FUSION_FILE
-            else:
-                fusion = None
-        if isinstance(fusion, (str, Path)):
-            fusion = EvidenceFusion.load(fusion)
         if max_labels_per_pass is None:
             max_labels_per_pass = settings.get("max_labels_per_pass")
         knn_k = knn_k if knn_k is not None else settings.get("knn_k", KNN_DEPTH)
@@ -247,6 +240,11 @@ class RACClassifier:
             raise ValueError("reference_compat=True needs a model loaded with it; pass the checkpoint path instead")
         if device is not None:
             model = model.to(device)
+        if fusion == "default":  # the one saved beside the model (rac's shipped model has one)
+            saved = None if model.source is None else Path(model.source) / FUSION_FILE
+            fusion = saved if saved is not None and saved.is_file() else None
+        if isinstance(fusion, (str, Path)):
+            fusion = EvidenceFusion.load(fusion)
 
         if isinstance(index, (str, Path)):
             from rac.index import ExampleIndex
@@ -476,15 +474,7 @@ class RACClassifier:
 def _read_settings(folder: str | Path) -> dict[str, Any]:
     """The settings ``save_pretrained`` wrote (empty for a plain gliclass checkpoint)."""
     path = Path(folder) / SETTINGS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a JSON settings file ({err})") from None
-    if not isinstance(settings, dict) or settings.get("format") != SETTINGS_FORMAT:
-        raise ValueError(f"{path}: not a rac classifier settings file (format != {SETTINGS_FORMAT!r})")
-    return settings
+    return read_json_artifact(path, SETTINGS_FORMAT, "rac classifier settings file") if path.is_file() else {}
 
 
 def _check_texts(texts: Any) -> list[str]:

@@ -113,11 +113,14 @@ class LinearProbe:
     """Logistic regression on example embeddings: multinomial when every example has one label (a
     distribution over labels), one-vs-rest otherwise (one probability per label).
 
-    A label with no example scores 0; a label every example carries scores 1.
+    Fitted with scikit-learn, kept as a weight matrix so scoring a batch is one matrix product. A label with
+    no example scores 0; a label every example carries scores 1.
     """
 
-    def __init__(self, labels: list[str], models: list[Any], multinomial: bool, constant: dict[str, float]):
-        self.labels, self.models, self.multinomial, self.constant = labels, models, multinomial, constant
+    def __init__(self, labels: list[str], coef: np.ndarray, intercept: np.ndarray, multinomial: bool,
+                 constant: dict[str, float]):
+        self.labels, self.coef, self.intercept = labels, coef, intercept
+        self.multinomial, self.constant = multinomial, constant
 
     @classmethod
     def fit(cls, vectors: np.ndarray, label_lists: Sequence[Sequence[str]], *, multinomial: bool | None = None,
@@ -130,21 +133,23 @@ class LinearProbe:
         if multinomial is None:
             multinomial = all(len(labels) == 1 for labels in label_lists)
         names = sorted({label for labels in label_lists for label in labels})
+        empty = np.zeros((0, vectors.shape[1]))
         if multinomial:
-            targets = [labels[0] for labels in label_lists]
             if len(names) < 2:
-                return cls(names, [], True, {name: 1.0 for name in names})
-            model = LogisticRegression(C=regularization, max_iter=1000).fit(vectors, targets)
-            return cls(list(model.classes_), [model], True, {})
-        models, constant, kept = [], {}, []
+                return cls([], empty, np.zeros(0), True, {name: 1.0 for name in names})
+            model = LogisticRegression(C=regularization, max_iter=1000).fit(vectors, [labels[0] for labels in label_lists])
+            return cls(list(model.classes_), model.coef_, model.intercept_, True, {})
+        rows, biases, kept, constant = [], [], [], {}
         for name in names:
             column = np.array([name in labels for labels in label_lists])
             if column.all():
                 constant[name] = 1.0
                 continue
+            model = LogisticRegression(C=regularization, max_iter=1000).fit(vectors, column)
+            rows.append(model.coef_[0])
+            biases.append(model.intercept_[0])
             kept.append(name)
-            models.append(LogisticRegression(C=regularization, max_iter=1000).fit(vectors, column))
-        return cls(kept, models, False, constant)
+        return cls(kept, np.array(rows).reshape(len(kept), -1), np.array(biases), False, constant)
 
     def probabilities(self, vectors: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         """``(len(vectors), len(labels))`` probabilities for the candidate ``labels``."""
@@ -154,17 +159,18 @@ class LinearProbe:
         for name, value in self.constant.items():
             if name in position:
                 out[:, position[name]] = value
-        if not self.models or not len(vectors):
+        if not self.labels or not len(vectors):
             return out
+        logits = vectors @ self.coef.T + self.intercept
         if self.multinomial:
-            probs = self.models[0].predict_proba(vectors)
-            for column, name in enumerate(self.labels):
-                if name in position:
-                    out[:, position[name]] = probs[:, column]
-            return out
-        for name, model in zip(self.labels, self.models):
+            logits = logits - logits.max(1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(1, keepdims=True)
+        else:
+            probs = 1.0 / (1.0 + np.exp(-logits))
+        for column, name in enumerate(self.labels):
             if name in position:
-                out[:, position[name]] = model.predict_proba(vectors)[:, 1]
+                out[:, position[name]] = probs[:, column]
         return out
 
 
@@ -196,8 +202,10 @@ class IndexStatistics:
     when the index has grown or shrunk by more than a tenth since, or (the probe) gained a label. Thread-safe.
     """
 
-    def __init__(self, index: ExampleIndex):
+    def __init__(self, index: ExampleIndex, *, probe: bool = True):
+        """``probe=False`` skips the linear probe (its fit is the one costly part of a refresh)."""
         self.index = index
+        self.with_probe = probe
         self._lock = threading.Lock()
         self._snapshot: LabelStatistics | None = None
         self._version = -1
@@ -216,7 +224,7 @@ class IndexStatistics:
             if size and (self._reliability_at == 0 or abs(size - self._reliability_at) > 0.1 * self._reliability_at):
                 self._reliability, self._reliability_at = retrieval_reliability(self.index), size
                 self._probe = None
-            if size and (self._probe is None or not self._probe_labels.issuperset(names)):
+            if self.with_probe and size and (self._probe is None or not self._probe_labels.issuperset(names)):
                 self._probe, self._probe_labels = fit_probe(self.index), frozenset(names)
             self._snapshot = LabelStatistics({n: j for j, n in enumerate(names)}, prototypes, counts,
                                              self._reliability, self._probe)
@@ -269,7 +277,7 @@ def gather(
             reliability=DEFAULT_RELIABILITY, nearest=nearest,
         )
     prototype, indexed = statistics.prototype_cosines(vector, labels)
-    probe = statistics.probe.probabilities(vector, labels)[0] if statistics.probe is not None else np.zeros(len(labels))
+    probe = statistics.probe.probabilities(vector, labels)[0] if statistics.probe is not None else None
     return Evidence(
         model=np.asarray(model_scores, dtype=np.float64), shown=share, knn=knn_share(neighbours or (), labels),
         prototype=prototype, indexed=indexed, reliability=statistics.reliability, nearest=nearest, probe=probe,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rac.evidence import Evidence
+from rac.storage import read_json_artifact
 
 FORMAT_NAME = "rac-fusion"
 FORMAT_VERSION = 1
@@ -53,8 +54,8 @@ FEATURE_SOURCES: dict[str, str] = {
 ALL_FEATURES = tuple(FEATURE_SOURCES)
 #: The features the shipped fusion uses: those whose removal cost leave-one-dataset-out F1 or unseen-label
 #: hits on the training pool (``rac.fusion_fit.ABLATIONS``, ``benchmarks/results/fusion_fit.md``).
-DEFAULT_FEATURES = ("model_logit", "unseen_model", "knn", "reliable_knn", "near_knn", "prototype_gap", "probe",
-                    "indexed", "coverage", "reliability")
+DEFAULT_FEATURES = ("model_logit", "unseen_model", "knn", "reliable_knn", "near_knn", "prototype_gap", "indexed",
+                    "coverage", "reliability")
 SOURCES = tuple(dict.fromkeys(FEATURE_SOURCES.values()))
 
 
@@ -114,6 +115,11 @@ class EvidenceFusion:
     def __repr__(self) -> str:
         return f"EvidenceFusion({len(self.feature_names)} features: {', '.join(self.feature_names)})"
 
+    @property
+    def uses_probe(self) -> bool:
+        """Whether a feature reads the linear probe (whose fit the index statistics can then skip)."""
+        return any(FEATURE_SOURCES[name] == "probe" for name in self.feature_names)
+
     def _terms(self, evidence: Evidence) -> np.ndarray:
         return (features(evidence, self.feature_names) - self.mean) / self.scale * self.coef
 
@@ -156,16 +162,7 @@ class EvidenceFusion:
     def load(cls, path: str | Path) -> EvidenceFusion:
         """Read a fusion file (or a folder's ``fusion.json``); a malformed one is an error naming the file."""
         path = Path(path)
-        if path.is_dir():
-            path = path / FILE_NAME
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no fusion file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a JSON fusion file ({err})") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path}: not a rac fusion file (format != {FORMAT_NAME!r})")
+        raw = read_json_artifact(path / FILE_NAME if path.is_dir() else path, FORMAT_NAME, "rac fusion file")
         if not isinstance(raw.get("format_version"), int) or raw["format_version"] > FORMAT_VERSION:
             raise ValueError(f"{path}: fusion format version {raw.get('format_version')!r} is not supported; upgrade rac")
         try:
@@ -196,8 +193,3 @@ class EvidenceFusion:
         model = LogisticRegression(C=regularization, max_iter=2000)
         model.fit((x - mean) / scale, y, sample_weight=weights)
         return cls(tuple(feature_names), mean, scale, model.coef_[0], float(model.intercept_[0]), dict(fitted_on or {}))
-
-
-def default_fusion_path() -> Path:
-    """The fusion shipped beside the default model."""
-    return Path(__file__).resolve().parent / "default_model" / FILE_NAME

@@ -32,7 +32,7 @@ from rac.corpus import CorpusError
 from rac.embedding import DEFAULT_EMBEDDER, Embedder, resolve_model
 from rac.formatting import RACExample
 from rac.precision import DTYPES, dtype_name, resolve_dtype
-from rac.storage import atomic_directory, check_replaceable, file_sha256, recover_directory
+from rac.storage import atomic_directory, check_replaceable, file_sha256, read_json_artifact, recover_directory
 
 FORMAT_NAME = "rac-index"
 #: Bump when the folder layout changes; ``load`` refuses folders from a newer version. 2: ``deleted`` column,
@@ -647,14 +647,7 @@ def _manifest_checksum(manifest: dict[str, Any]) -> str:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Parse and validate ``manifest.json``, its own checksum included; refuses a newer format with an upgrade hint."""
     file_path = Path(path) / MANIFEST
-    if not file_path.is_file():
-        raise FileNotFoundError(f"{file_path}: index manifest missing")
-    try:
-        manifest = json.loads(file_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file_path}: corrupt manifest ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{file_path}: not a rac index manifest (format != {FORMAT_NAME!r})")
+    manifest = read_json_artifact(file_path, FORMAT_NAME, "rac index manifest")
     version = manifest.get("format_version")
     if type(version) is not int:
         raise ValueError(f"{file_path}: format_version missing or not an integer: {version!r}")

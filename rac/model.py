@@ -341,6 +341,9 @@ class GLiClassModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.reference_compat = reference_compat
+        #: The folder the model was loaded from (``None`` for one built in memory): what was saved beside it,
+        #: such as a fusion, is found there.
+        self.source: Path | None = None
         self.encoder = encoder if encoder is not None else build_encoder(config.encoder_config)
         if self.encoder.get_input_embeddings().num_embeddings != config.vocab_size:
             self.encoder.resize_token_embeddings(config.vocab_size, mean_resizing=False)
@@ -422,6 +425,7 @@ class GLiClassModel(nn.Module):
         tokenizer = load_tokenizer(folder, config)
         model = cls(config, tokenizer, reference_compat=reference_compat, max_length=max_length)
         model.load_gliclass_state_dict(read_state_dict(folder))
+        model.source = folder
         return model.to(device or "cpu").eval()
 
     @classmethod
@@ -785,6 +789,7 @@ def load_delta_model(path: str | Path, *, base_encoder: str | None = None, devic
                          f"({err})") from None
     model = GLiClassModel(config, tokenizer, encoder=encoder, max_length=max_length, reference_compat=reference_compat)
     apply_delta(model, delta, lora_scale=float(metadata["lora_scale"]), base_rows=int(metadata["base_rows"]))
+    model.source = folder
     return model.to(device or "cpu").eval()
 
 

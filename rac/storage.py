@@ -9,6 +9,7 @@ swap's copy back into place. The next write to the same target deletes what dead
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,21 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json_artifact(path: Path, format_name: str, what: str) -> dict:
+    """A JSON file rac wrote (``{"format": format_name, ...}``); missing, unparsable or another kind of file
+    is an error naming it and saying what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: corrupt {what}, not JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise ValueError(f"{path}: not a {what} (format != {format_name!r})")
+    return data
 
 
 def _umask() -> int:

@@ -84,12 +84,12 @@ def _manifest(edit: Callable[[dict], None]) -> Callable[[Path], None]:
 
 # (case id, how to damage a saved index, fragments the message must contain)
 INDEX_CASES = [
-    ("missing manifest", lambda d: (d / "manifest.json").unlink(), ["manifest.json", "manifest missing"]),
+    ("missing manifest", lambda d: (d / "manifest.json").unlink(), ["manifest.json", "no rac index manifest"]),
     ("missing hnsw file", lambda d: (d / "hnsw.bin").unlink(), ["hnsw.bin", "index file missing"]),
     ("missing store", lambda d: (d / "examples.parquet").unlink(), ["examples.parquet", "index file missing"]),
     ("corrupt store", _corrupt("examples.parquet", b"garbage"), ["examples.parquet", "corrupt"]),
     ("truncated hnsw", lambda d: (d / "hnsw.bin").write_bytes((d / "hnsw.bin").read_bytes()[:100]), ["hnsw.bin", "corrupt"]),
-    ("corrupt manifest", _corrupt("manifest.json", b"{not json"), ["manifest.json", "corrupt manifest"]),
+    ("corrupt manifest", _corrupt("manifest.json", b"{not json"), ["manifest.json", "corrupt rac index manifest"]),
     ("newer format version", _manifest(lambda m: m.update(format_version=99)), ["manifest.json", "format version 99", "upgrade rac"]),
     ("manifest field missing", _manifest(lambda m: m.pop("hnsw")), ["manifest.json", "'hnsw'"]),
     ("not a rac manifest", _manifest(lambda m: m.update(format="other")), ["manifest.json", "not a rac index"]),

@@ -82,3 +82,26 @@ def test_merged_default_model_loads_in_gliclass(model, tmp_path):
         assert (compat(ids, mask, len(labels)) - theirs).abs().max().item() < 1e-4
         assert torch.allclose(reloaded(ids, mask, len(labels)), ours, atol=1e-5)
     assert torch.equal(ours.argsort(-1), theirs.argsort(-1))
+
+
+def test_a_new_label_with_no_example_wins_when_the_model_is_sure_of_it(model):
+    """The case the product exists for: 'book restaurant' was added this week and the index holds none of
+    its rows, while every neighbour of the query carries an old label. The shipped fusion lets the model's
+    confident answer through; the model alone agrees, and a fixed mix with the neighbours' vote did not."""
+    from rac.classifier import RACClassifier
+    from rac.corpus import read_corpus
+    from rac.fusion import FILE_NAME
+    from rac.index import ExampleIndex
+
+    corpus = [row for row in read_corpus("data/sample.jsonl") if "book restaurant" not in row.true_labels]
+    index = ExampleIndex.build(corpus)
+    labels = sorted({label for row in read_corpus("data/sample.jsonl") for label in row.true_labels})
+    clf = RACClassifier.from_pretrained(model, index)
+    assert clf.fusion is not None and (DEFAULT_MODEL_DIR / FILE_NAME).is_file()
+    text = "book a table for two at an italian restaurant tonight"
+    [fused] = clf.predict(text, labels, min_similarity=0.0)
+    [alone] = RACClassifier.from_pretrained(model, index, fusion=None).predict(text, labels, min_similarity=0.0)
+    assert alone.labels[0][0] == "book restaurant"
+    assert fused.labels[0][0] == "book restaurant"
+    assert fused.evidence["book restaurant"]["indexed"] == 0.0
+    assert all(example.true_labels != ("book restaurant",) for example in fused.examples)

@@ -68,3 +68,23 @@ def test_gather_without_an_index_uses_the_given_examples() -> None:
     assert evidence.indexed.tolist() == [1.0, 1.0, 0.0]
     assert evidence.shown.sum() == pytest.approx(1.0) and evidence.nearest == pytest.approx(0.8)
     assert evidence.prototype.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_linear_probe_matches_scikit_learn_and_names_every_candidate() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from rac.evidence import PROBE_C, LinearProbe
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, DIM))
+    labels = [["a", "b", "c"][i % 3] for i in range(60)]
+    vectors[np.arange(60) % 3 == 0] += 2.0
+    probe = LinearProbe.fit(vectors, [[label] for label in labels])
+    reference = LogisticRegression(C=PROBE_C, max_iter=1000).fit(vectors, labels).predict_proba(vectors)
+    assert probe.probabilities(vectors, ["a", "b", "c"]) == pytest.approx(reference, abs=1e-9)
+    # candidates in another order, plus one the probe never saw (0)
+    assert probe.probabilities(vectors[:3], ["new", "c", "a"])[:, 0].tolist() == [0.0, 0.0, 0.0]
+    # multi-label: one-vs-rest, and a label every example carries is certain
+    multi = LinearProbe.fit(vectors, [[label, "all"] for label in labels])
+    assert not multi.multinomial
+    assert multi.probabilities(vectors[:2], ["all", "a"])[:, 0].tolist() == [1.0, 1.0]

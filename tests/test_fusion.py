@@ -93,7 +93,7 @@ def test_save_load_round_trip_and_bad_files(tmp_path: Path) -> None:
     assert loaded.fitted_on == {"datasets": ["toy"]}
 
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="bad.json: not a JSON fusion file"):
+    with pytest.raises(ValueError, match="bad.json: corrupt rac fusion file, not JSON"):
         EvidenceFusion.load(tmp_path / "bad.json")
     raw = fusion.to_dict()
     raw["features"] = ["model_logit", "pickle_me"]
@@ -105,5 +105,5 @@ def test_save_load_round_trip_and_bad_files(tmp_path: Path) -> None:
     (tmp_path / "newer.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="upgrade rac"):
         EvidenceFusion.load(tmp_path / "newer.json")
-    with pytest.raises(FileNotFoundError, match="no fusion file"):
+    with pytest.raises(FileNotFoundError, match="no rac fusion file"):
         EvidenceFusion.load(tmp_path / "missing.json")

@@ -47,12 +47,15 @@ class LiveIndex:
                  dtype: str | None = None):
         self.path = Path(path)
         self.wal = WriteAheadLog(wal if wal is not None else self.path.with_name(self.path.name + ".wal"))
-        if (self.path / MANIFEST).is_file():
-            self.index = ExampleIndex.load(self.path, embedder, dtype=dtype)
-        else:
-            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        if self.path.exists() and not (self.path / MANIFEST).is_file():
+            if not self.path.is_dir() or any(self.path.iterdir()):
                 raise ValueError(f"{self.path}: exists and is not a rac index (no {MANIFEST})")
             self.index = ExampleIndex.build([], Embedder(embedder, dtype=dtype))
+        else:
+            try:  # a missing folder may be a save killed between its renames: load puts its copy back
+                self.index = ExampleIndex.load(self.path, embedder, dtype=dtype)
+            except FileNotFoundError:
+                self.index = ExampleIndex.build([], Embedder(embedder, dtype=dtype))
         self._ids = {str(example.id): example.id for example in self.index.examples if example.id is not None}
         records = self.wal.replay()
         for record in records:
