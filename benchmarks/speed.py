@@ -291,7 +291,8 @@ def main() -> int:
         label_ids = tokenizer([LABEL_TOKEN + x for x in names], add_special_tokens=False)["input_ids"]
         row["label_tokens"] = sum(len(ids) for ids in label_ids)
         row["short_input_tokens"] = float(np.mean([len(ids) for ids in tokenizer([label_block(names) + t for t in short])["input_ids"]]))
-        rac(zero_shot, warm, names)  # the shortlist embeds a label set's names once
+        for clf in (zero_shot, fp32):  # the shortlist embeds a label set's names once per classifier
+            rac(clf, warm, names)
         rac(with_index, warm, names, k=K)
         row["rac_s"], results = timed(lambda: rac(zero_shot, texts, names))
         row["rac_passes"] = sum(r.passes for r in results) / len(texts)

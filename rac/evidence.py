@@ -138,7 +138,10 @@ class LinearProbe:
             if len(names) < 2:
                 return cls([], empty, np.zeros(0), True, {name: 1.0 for name in names})
             model = LogisticRegression(C=regularization, max_iter=1000).fit(vectors, [labels[0] for labels in label_lists])
-            return cls(list(model.classes_), model.coef_, model.intercept_, True, {})
+            coef, intercept = model.coef_, model.intercept_
+            if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes: softmax([0, z]) = sigmoid(z)
+                coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+            return cls(list(model.classes_), coef, intercept, True, {})
         rows, biases, kept, constant = [], [], [], {}
         for name in names:
             column = np.array([name in labels for labels in label_lists])

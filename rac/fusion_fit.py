@@ -42,13 +42,14 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "every candidate feature": ALL_FEATURES,
     "shipped": DEFAULT_FEATURES,
     **{f"shipped without {source}": tuple(f for f in DEFAULT_FEATURES if FEATURE_SOURCES[f] != source)
-       for source in ("neighbours", "prototype", "probe", "index")},
+       for source in ("neighbours", "prototype", "index")},
     "shipped without the unseen-label model weight": tuple(f for f in DEFAULT_FEATURES if f != "unseen_model"),
     "shipped without coverage": tuple(f for f in DEFAULT_FEATURES if f != "coverage"),
     "shipped without reliability": tuple(f for f in DEFAULT_FEATURES if not f.startswith("reliab")),
     "shipped without nearest-neighbour similarity": tuple(f for f in DEFAULT_FEATURES if f != "near_knn"),
     "shipped plus the model's gap to the best label": (*DEFAULT_FEATURES, "model_gap"),
     "shipped plus the shown examples' share": (*DEFAULT_FEATURES, "shown"),
+    "shipped plus the linear probe": (*DEFAULT_FEATURES, "probe", "reliable_probe"),
 }
 
 
@@ -197,8 +198,9 @@ def fit(
 def report_markdown(table: dict[str, dict[str, float]], fusion: EvidenceFusion, command: str, seconds: float) -> str:
     """The ablation table and the fitted weights, as Markdown."""
     lines = ["# Evidence fusion: fit and ablation", "", f"Command: `{command}` ({seconds:.0f} s)", "",
-             f"Fitted on {', '.join(fusion.fitted_on.get('datasets', []))} (training-pool datasets the model did "
-             f"not train on), {fusion.fitted_on.get('queries')} queries, half against an index with "
+             f"Fitted on held-out rows of {', '.join(fusion.fitted_on.get('datasets', []))} (training-pool "
+             "datasets; they should be ones the model did not train on, `rac train --exclude`), "
+             f"{fusion.fitted_on.get('queries')} queries, half against an index with "
              f"{fusion.fitted_on.get('unseen_rate', 0):.0%} of the labels removed; a query whose true label the "
              f"index lacks weighs {fusion.fitted_on.get('unseen_weight')}.", "",
              "Leave-one-dataset-out: each row fitted on all datasets but one and scored on that one, averaged. "

@@ -287,7 +287,7 @@ def test_fusion_scores_given_examples_and_says_what_moved_them(model: GLiClassMo
         evidence = Evidence.from_dicts(LABELS, m.evidence)
         assert [m.scores[label] for label in LABELS] == pytest.approx(fusion.score(evidence).tolist(), abs=1e-9)
         assert m.evidence["travel"]["shown"] == pytest.approx(0.5) and m.evidence["question"]["shown"] == 0.0
-        assert set(m.contributions["travel"]) == {"model", "examples", "neighbours", "prototype", "index"}
+        assert set(m.contributions["travel"]) == {"model", "examples", "neighbours", "prototype", "probe", "index"}
         assert m.predicted == [name for name, score in m.labels if score >= 0.5]
         json.dumps(m.to_dict())
     # single-label: the fused scores are renormalised into a distribution

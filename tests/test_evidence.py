@@ -84,6 +84,10 @@ def test_linear_probe_matches_scikit_learn_and_names_every_candidate() -> None:
     assert probe.probabilities(vectors, ["a", "b", "c"]) == pytest.approx(reference, abs=1e-9)
     # candidates in another order, plus one the probe never saw (0)
     assert probe.probabilities(vectors[:3], ["new", "c", "a"])[:, 0].tolist() == [0.0, 0.0, 0.0]
+    # two classes: scikit-learn's one-row binary model, read as a distribution
+    binary = [["yes"] if i % 3 == 0 else ["no"] for i in range(60)]
+    two = LogisticRegression(C=PROBE_C, max_iter=1000).fit(vectors, [b[0] for b in binary]).predict_proba(vectors)
+    assert LinearProbe.fit(vectors, binary).probabilities(vectors, ["no", "yes"]) == pytest.approx(two, abs=1e-9)
     # multi-label: one-vs-rest, and a label every example carries is certain
     multi = LinearProbe.fit(vectors, [[label, "all"] for label in labels])
     assert not multi.multinomial
