@@ -7,7 +7,8 @@ synthetic ones), at 2, 5, 10, 25, 50, 100 and 1,000 labels:
 * ``rac`` zero-shot, as shipped (``--dtype``, default auto: bf16 where the CPU has it; the label shortlist
   above 25 labels): ``RACClassifier.predict`` on the mixed-length texts, and on the short ones; on the short
   ones also in float32 and, above 25 labels, with every label scored in chunks (``shortlist=False``);
-* ``rac`` k=3: the same with an HNSW index over dev train rows (embedding + search + longer inputs);
+* ``rac`` k=3: the same with an HNSW index over dev train rows (embedding + search + longer inputs + the
+  evidence fusion), and once more without the fusion, for its cost;
 * gliclass 0.1.21's ``ZeroShotClassificationPipeline`` (the reference). It reads every label in one
   sequence, while rac splits more than ``max_num_classes`` (25) labels into passes, so rac is also timed
   with one pass (``max_labels_per_pass`` = the label count): the same input as gliclass. Its scores are
@@ -61,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 from rac.classifier import RACClassifier  # noqa: E402
 from rac.embedding import Embedder  # noqa: E402
 from rac.formatting import LABEL_TOKEN, RACExample, label_block  # noqa: E402
+from rac.fusion import FILE_NAME as FUSION_FILE  # noqa: E402
 from rac.index import ExampleIndex  # noqa: E402
 from rac.model import DEFAULT_MODEL_DIR, DELTA_NAME, GLiClassModel, load_default_model  # noqa: E402
 from rac.retrieval import Retriever  # noqa: E402
@@ -227,7 +229,9 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as workdir:
         path, model_name = gliclass_checkpoint(args.model, workdir)
-        zero_shot = RACClassifier.from_pretrained(path, device="cpu", dtype=args.dtype)
+        # the shipped fusion goes with the shipped model (a merged copy of it has none beside it)
+        fusion = "default" if args.model else DEFAULT_MODEL_DIR / FUSION_FILE
+        zero_shot = RACClassifier.from_pretrained(path, device="cpu", dtype=args.dtype, fusion=fusion)
         fp32 = RACClassifier(zero_shot.model, dtype="float32")
         every_label = RACClassifier(zero_shot.model, dtype=args.dtype, shortlist=False)
         # gliclass's input: all labels in one sequence (rac still splits labels that do not fit beside a long text)
@@ -248,7 +252,8 @@ def main() -> int:
     build_seconds, index = timed(lambda: ExampleIndex.build(index_rows, embedder, show_progress=False), 1)
     build_fp32_seconds, _ = timed(
         lambda: ExampleIndex.build(index_rows, Embedder(dtype="float32"), show_progress=False), 1)
-    with_index = RACClassifier(zero_shot.model, index, dtype=args.dtype)
+    with_index = zero_shot.with_index(index)  # as shipped: the evidence fusion on
+    without_fusion = RACClassifier(zero_shot.model, index, dtype=args.dtype, fusion=None)
     retriever = Retriever(index)
 
     tokenizer = zero_shot.model.tokenizer
@@ -294,10 +299,12 @@ def main() -> int:
         for clf in (zero_shot, fp32):  # the shortlist embeds a label set's names once per classifier
             rac(clf, warm, names)
         rac(with_index, warm, names, k=K)
+        rac(without_fusion, warm, names, k=K)
         row["rac_s"], results = timed(lambda: rac(zero_shot, texts, names))
         row["rac_passes"] = sum(r.passes for r in results) / len(texts)
         row["rac_k3_s"], rag = timed(lambda: rac(with_index, texts, names, k=K))
         row["rac_k3_seen"] = sum(bool(r.examples) for r in rag) / len(texts)
+        row["rac_k3_unfused_s"], _ = timed(lambda: rac(without_fusion, texts, names, k=K))
         row["rac_short_s"], short_results = timed(lambda: rac(zero_shot, short, names))
         row["rac_short_passes"] = sum(r.passes for r in short_results) / len(short)
         row["rac_short_fp32_s"], _ = timed(lambda: rac(fp32, short, names))
@@ -382,6 +389,7 @@ def summarize(rows: list[dict[str, Any]], n: int, n_short: int, n_peer: int, emb
         row["embedding_tps"] = n / row["embedding_s"]
         row["x_embedding"] = row["rac_tps"] / row["embedding_tps"]
         row["k3_cost"] = row["rac_k3_s"] / row["rac_s"]
+        row["fusion_cost"] = row["rac_k3_s"] / row["rac_k3_unfused_s"]
         row["share_embed"] = embed_s / row["rac_k3_s"]
         row["share_search"] = search_s / row["rac_k3_s"]
         row["share_longer"] = (row["rac_k3_s"] - row["rac_s"] - embed_s - search_s) / row["rac_k3_s"]
@@ -416,6 +424,7 @@ def summarize(rows: list[dict[str, Any]], n: int, n_short: int, n_peer: int, emb
             "index_build_fp32_over_auto_>=2x": build_fp32_s / build_s,
             "max_score_diff_<=1e-4": max((row["max_diff"] for row in peers), default=None),
             "k3_max_cost_<=2.5x": max(row["k3_cost"] for row in rows),
+            "fusion_max_cost_<=1.1x": max(row["fusion_cost"] for row in rows),
         },
     }
 
@@ -471,8 +480,9 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], summary: dict[str, 
         "Ratios (rac zero-shot time / peer time on the same texts, as speed-ups) and the RAC cost:",
         "",
         "| labels | rac / gliclass | rac one pass / gliclass | max score diff, one pass, float32 (texts compared) "
-        "| rac / cross-encoder | rac / embedding | k=3 time / zero-shot | k=3 share: embedding | HNSW | longer inputs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| rac / cross-encoder | rac / embedding | k=3 time / zero-shot | k=3 time / k=3 without fusion "
+        "| k=3 share: embedding | HNSW | longer inputs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "gliclass_s" in r:
@@ -481,7 +491,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], summary: dict[str, 
         else:
             peer = "- | - | - | -"
         lines.append(
-            f"| {r['labels']} | {peer} | {r['x_embedding']:.2f}x | {r['k3_cost']:.2f}x | {r['share_embed']:.0%} "
+            f"| {r['labels']} | {peer} | {r['x_embedding']:.2f}x | {r['k3_cost']:.2f}x | {r['fusion_cost']:.2f}x "
+            f"| {r['share_embed']:.0%} "
             f"| {r['share_search']:.1%} | {r['share_longer']:.0%} |"
         )
     drops = ", ".join(f"{name} {_cell(value, '.0%')}" for name, value in summary["drops"].items())
@@ -502,6 +513,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], summary: dict[str, 
         f"- scores within 1e-4 of gliclass (one pass, float32): max diff {_cell(t['max_score_diff_<=1e-4'], '.1e')} "
         f"over {sum(r['parity_texts'] for r in peers)} text-label-set pairs",
         f"- k=3 costs <= 2.5x zero-shot: highest {t['k3_max_cost_<=2.5x']:.2f}x",
+        f"- the evidence fusion costs <= 10% of k=3 time: highest {t['fusion_max_cost_<=1.1x']:.2f}x",
         "",
     ]
     return "\n".join(lines)
