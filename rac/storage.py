@@ -129,7 +129,8 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make the folder's entries (a file created or renamed in it) durable, not only the files' bytes."""
     handle = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(handle)
@@ -172,7 +173,7 @@ def atomic_directory(
             if file.is_file():
                 with file.open("rb") as handle:
                     os.fsync(handle.fileno())
-        _fsync_folder(staging)
+        fsync_folder(staging)
         if os.path.lexists(target):
             os.replace(target, retired)
             try:
@@ -180,11 +181,11 @@ def atomic_directory(
             except BaseException:
                 os.replace(retired, target)  # this process is alive to undo the first rename
                 raise
-            _fsync_folder(target.parent)
+            fsync_folder(target.parent)
             _remove(retired)
         else:
             os.replace(staging, target)
-            _fsync_folder(target.parent)
+            fsync_folder(target.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

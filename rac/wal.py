@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rac.storage import fsync_folder
+
 
 def _encode(record: dict[str, Any]) -> bytes:
     data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -35,15 +37,6 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return record if isinstance(record, dict) else None
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a new directory entry (a created file) durable, not only the file's bytes."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WriteAheadLog:
@@ -69,7 +62,7 @@ class WriteAheadLog:
         finally:
             os.close(fd)
         if created:
-            _fsync_directory(self.path.parent)
+            fsync_folder(self.path.parent)
 
     def replay(self) -> list[dict[str, Any]]:
         """Every acknowledged record, oldest first; repairs a torn tail left by a crash mid-append."""
