@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from rac.formatting import EXAMPLE_TOKEN, GLICLASS_TOKENS, LABEL_TOKEN, RAC_TOKENS, SEP_TOKEN, build_model_input
+from rac.formatting import EXAMPLE_TOKEN, GLICLASS_TOKENS, LABEL_TOKEN, RAC_TOKENS, build_model_input
 from rac.model import (
     BIN_NAME,
     PAD_LOGIT,
