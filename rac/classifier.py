@@ -345,7 +345,8 @@ class RACClassifier:
             evidence = contributions = None
             if neighbours is not None or examples is not None:
                 # the evidence counts every example, also those cut from a long text's input
-                found = gather(_combine(stacked, True).numpy(), names, text_examples[i],
+                sigmoid = scores if multi_label else _combine(stacked, True).numpy()  # the fusion reads sigmoids
+                found = gather(sigmoid, names, text_examples[i],
                                None if neighbours is None else neighbours[i], statistics,
                                None if vectors is None else vectors[i])
                 evidence = found.as_dicts(names)

@@ -243,11 +243,20 @@ def drift_split(
         raise ValueError(f"unseen-labels fraction must be in [0, 1), got {fraction}")
     if fraction == 0:
         return list(dataset.corpus), frozenset()
-    present = sorted({label for row in dataset.corpus for label in row.true_labels})
+    return withhold_labels(dataset.corpus, fraction, np.random.default_rng([seed, 7]))
+
+
+def withhold_labels(
+    rows: Sequence[RACExample], fraction: float, rng: np.random.Generator
+) -> tuple[list[RACExample], frozenset[str]]:
+    """``rows`` without any row carrying one of ``max(1, round(fraction x labels))`` labels drawn by ``rng``
+    (the labels the rows carry), and the labels drawn; ``rac fit-fusion`` simulates drift with it too."""
+    present = sorted({label for row in rows for label in row.true_labels})
+    if not present:
+        return list(rows), frozenset()
     count = max(1, round(fraction * len(present)))
-    rng = np.random.default_rng([seed, 7])
     unseen = frozenset(present[i] for i in rng.choice(len(present), size=count, replace=False))
-    return [row for row in dataset.corpus if not unseen.intersection(row.true_labels)], unseen
+    return [row for row in rows if not unseen.intersection(row.true_labels)], unseen
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -475,15 +484,11 @@ def classifier_scores(
     return final, model
 
 
-def fixed_mix(model_scores: np.ndarray, shown: Sequence[Sequence[RACExample]], labels: Sequence[str]) -> np.ndarray:
-    """The classifier's former fixed mix, ``0.5 * model + 0.5 * share`` of the shown examples (where any
-    carries a candidate), kept as a column so the fusion can be compared with it."""
-    out = np.array(model_scores, dtype=np.float64)
-    for i, found in enumerate(shown):
-        share = shown_share(found, labels)
-        if share.any():
-            out[i] = (1 - FIXED_MIX_WEIGHT) * out[i] + FIXED_MIX_WEIGHT * share
-    return out
+def fixed_mix(model_scores: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """The classifier's former fixed mix of one text's scores, ``0.5 * model + 0.5 * share`` of the shown
+    examples (when any carries a candidate), kept so the fusion can be compared with it."""
+    model_scores = np.asarray(model_scores, dtype=np.float64)
+    return (1 - FIXED_MIX_WEIGHT) * model_scores + FIXED_MIX_WEIGHT * share if share.any() else model_scores
 
 
 def evaluate_dataset(
@@ -541,8 +546,8 @@ def evaluate_dataset(
         decisions[f"k={k}"] = Decisions.from_scores(final, threshold)
         if k == max(ks) and k > 0:
             decisions[model_alone(k)] = Decisions.from_scores(model, threshold)
-            decisions[fixed_mix_column(k)] = Decisions.from_scores(
-                fixed_mix(model, [found[:k] for found in close], labels), threshold)
+            mixed = [fixed_mix(row, shown_share(found[:k], labels)) for row, found in zip(model, close)]
+            decisions[fixed_mix_column(k)] = Decisions.from_scores(np.array(mixed).reshape(model.shape), threshold)
         lap(f"k={k}")
     corpus_vectors = index.vectors(index.live_ids())
     decisions[LOGREG] = Decisions.from_scores(

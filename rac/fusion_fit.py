@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from rac.evaluation import Decisions, fixed_mix, macro_f1, micro_f1, withhold_labels
 from rac.evidence import Evidence
-from rac.formatting import RACExample
 from rac.fusion import ALL_FEATURES, DEFAULT_FEATURES, FEATURE_SOURCES, EvidenceFusion, features
 
 DEFAULT_QUERIES = 300
@@ -78,12 +78,6 @@ class QueryEvidence:
                    Evidence.from_dicts(item["labels"], item["evidence"]), item["gold"], item["unseen"])
 
 
-def _drop_labels(corpus: list[RACExample], labels: Sequence[str], rate: float, rng: np.random.Generator) -> tuple[list[RACExample], set[str]]:
-    present = sorted({label for row in corpus for label in row.true_labels})
-    unseen = set(rng.choice(present, size=max(1, round(rate * len(present))), replace=False)) if present else set()
-    return [row for row in corpus if not unseen.intersection(row.true_labels)], unseen
-
-
 def collect(
     classifier: Any,
     data_dir: str | Path,
@@ -117,7 +111,7 @@ def collect(
         corpus = [ds.train[i] for i in np.sort(rng.choice(len(ds.train), min(max_corpus, len(ds.train)), replace=False))]
         queries = [ds.heldout[i] for i in rng.choice(len(ds.heldout), min(max_queries, len(ds.heldout)), replace=False)]
         queries = [q for q in queries if set(q.true_labels) <= set(ds.labels)]
-        drifted, unseen = _drop_labels(corpus, ds.labels, unseen_rate, rng)
+        drifted, unseen = withhold_labels(corpus, unseen_rate, rng)
         half = len(queries) // 2
         for part, rows, hidden in ((0, queries[:half], set()), (1, queries[half:], unseen)):
             index = ExampleIndex.build(corpus if part == 0 else drifted, embedder, show_progress=False)
@@ -147,8 +141,6 @@ def design(
 def score_queries(queries: Sequence[QueryEvidence], scorer: Any) -> dict[str, float]:
     """Headline F1 (macro top-1 single-label, micro at 0.5 multi-label) and top-1 hit rates of ``scorer``
     (Evidence -> scores) on one dataset's queries."""
-    from rac.evaluation import Decisions, macro_f1, micro_f1
-
     scores = np.stack([scorer(q.evidence) for q in queries])
     gold = np.stack([q.targets() for q in queries]).astype(bool)
     decisions = Decisions.from_scores(scores, 0.5)
@@ -159,11 +151,6 @@ def score_queries(queries: Sequence[QueryEvidence], scorer: Any) -> dict[str, fl
             "hit_seen": float(hit[~unseen].mean()) if (~unseen).any() else float("nan")}
 
 
-def fixed_mix_scores(evidence: Evidence) -> np.ndarray:
-    """The former fixed mix, for comparison: half model, half shown-example share where any carries a label."""
-    return 0.5 * evidence.model + 0.5 * evidence.shown if evidence.shown.any() else evidence.model
-
-
 def ablation(
     queries: Sequence[QueryEvidence], *, regularization: float = 1.0, unseen_weight: float = DEFAULT_UNSEEN_WEIGHT
 ) -> dict[str, dict[str, float]]:
@@ -171,7 +158,7 @@ def ablation(
     names = sorted({q.dataset for q in queries})
     by_set = {name: [q for q in queries if q.dataset == name] for name in names}
     table: dict[str, dict[str, float]] = {}
-    references = {"model alone": lambda e: e.model, "fixed mix (0.5)": fixed_mix_scores}
+    references = {"model alone": lambda e: e.model, "fixed mix (0.5)": lambda e: fixed_mix(e.model, e.shown)}
     for label, scorer in references.items():
         rows = [score_queries(by_set[name], scorer) for name in names]
         table[label] = {key: float(np.nanmean([r[key] for r in rows])) for key in rows[0]}
