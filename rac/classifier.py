@@ -19,6 +19,8 @@ builder training and ``rac generate`` use); this module runs the passes and turn
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +46,9 @@ if TYPE_CHECKING:
     from rac.model import GLiClassModel
 
 DEFAULT_BATCH_SIZE = 64
-#: Label sets whose name embeddings the shortlist keeps (label sets change rarely; each is ~1.5 MB per 1,000).
-LABEL_VECTOR_SETS = 8
+#: Label names whose embeddings are kept (shortlist, label-name evidence), least recently used dropped first:
+#: per-text label lists share most names, and 4,096 of them take 6 MB.
+LABEL_VECTOR_CACHE = 4096
 #: Cap on padded tokens per forward pass (sequences x longest), so long inputs are batched fewer at a time.
 MAX_BATCH_TOKENS = 8192
 
@@ -69,10 +72,10 @@ class ClassificationResult:
 
     When the corpus had a say (an index and ``k > 0``, or given examples), ``evidence`` holds per label the
     raw evidence (``rac.evidence``: the model's own score, the shown examples' and the neighbours' label
-    shares, the prototype cosine, whether the index holds the label, retrieval reliability; none for labels
-    a shortlist left out of the pass) and
-    ``contributions`` per label how far each source moved the fused score (in logits, relative to the
-    fitting data's average label; ``None`` with the fusion off).
+    shares, the prototype and label-name cosines, whether the index holds the label, retrieval reliability;
+    none for labels a shortlist left out of the pass) and ``contributions`` per label how far each source
+    moved the fused score (in logits, relative to the fitting data's average label; ``None`` with the fusion
+    off).
     """
 
     text: str
@@ -154,8 +157,9 @@ class RACClassifier:
         self.fusion = fusion
         self.knn_k = knn_k
         self.shortlist = bool(shortlist)
-        self._shortlist_embedder: Embedder | None = None
-        self._label_vectors: dict[tuple[str, ...], np.ndarray] = {}  # per label set, a few at a time
+        self._label_embedder: Embedder | None = None
+        self._label_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._label_vectors_lock = threading.Lock()
         self.index = index
         self._retriever = None
         self._statistics = None
@@ -164,7 +168,7 @@ class RACClassifier:
 
             self._retriever = Retriever(index)
             # the raw evidence (fusion off) includes the probe; a fusion that never reads it skips its fit
-            self._statistics = IndexStatistics(index, probe=fusion is None or fusion.uses_probe)
+            self._statistics = IndexStatistics(index, probe=fusion is None or fusion.uses("probe"))
         self.processor = GLiClassProcessor.from_model(
             model, max_example_tokens=max_example_tokens, max_labels_per_pass=max_labels_per_pass
         )
@@ -319,6 +323,11 @@ class RACClassifier:
             return []
         specs, label_names = parse_labels(labels, len(texts))
         text_examples, neighbours, vectors = self._examples(texts, examples, k, min_similarity)
+        with_evidence = neighbours is not None or examples is not None
+        # label-name cosines: when the fusion reads them, or for the raw evidence when the texts are embedded
+        with_names = with_evidence and (vectors is not None if self.fusion is None else self.fusion.uses("name"))
+        if with_names and vectors is None:
+            vectors = self.label_embedder.encode(texts)
         shortlists = self._shortlists(texts, label_names, text_examples, neighbours, vectors)
         label_sets = self.processor.label_sets(
             [names if picked is None else tuple(names[j] for j in picked.kept)
@@ -343,12 +352,16 @@ class RACClassifier:
             stacked = torch.stack(windows[i])
             scores = _combine(stacked, multi_label).numpy().astype(np.float64)
             evidence = contributions = None
-            if neighbours is not None or examples is not None:
+            if with_evidence:
                 # the evidence counts every example, also those cut from a long text's input
                 sigmoid = scores if multi_label else _combine(stacked, True).numpy()  # the fusion reads sigmoids
+                name = None
+                if with_names:
+                    name = self._label_vectors_of(label_names[i]) @ vectors[i]
+                    name = name if shortlists[i] is None else name[shortlists[i].kept]
                 found = gather(sigmoid, names, text_examples[i],
                                None if neighbours is None else neighbours[i], statistics,
-                               None if vectors is None else vectors[i])
+                               None if vectors is None else vectors[i], name.astype(np.float64) if with_names else None)
                 evidence = found.as_dicts(names)
                 if self.fusion is not None:
                     scores, contributions = self._fuse(found, names, multi_label)
@@ -398,32 +411,44 @@ class RACClassifier:
         out: list[Shortlist | None] = [None] * len(texts)
         if not todo:
             return out
-        embedder = self.shortlist_embedder
         if vectors is None:
+            embedder = self.label_embedder
             vectors = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
             vectors[todo] = embedder.encode([texts[i] for i in todo])
         for i in todo:
             names = label_names[i]
-            if names not in self._label_vectors:
-                if len(self._label_vectors) >= LABEL_VECTOR_SETS:
-                    del self._label_vectors[next(iter(self._label_vectors))]
-                self._label_vectors[names] = embedder.encode(list(names))
             position = {name: j for j, name in enumerate(names)}
             found = [*text_examples[i], *(neighbours[i] if neighbours is not None else ())]
             carried = {position[label] for example in found for label in example.true_labels if label in position}
-            out[i] = select(self._label_vectors[names] @ vectors[i], size, carried=carried)
+            out[i] = select(self._label_vectors_of(names) @ vectors[i], size, carried=carried)
         return out
 
+    def _label_vectors_of(self, names: tuple[str, ...]) -> np.ndarray:
+        """``(len(names), dimension)`` embeddings of the label names (``label_embedder``), cached per name."""
+        with self._label_vectors_lock:
+            cache = self._label_vectors
+            missing = [name for name in dict.fromkeys(names) if name not in cache]
+            if missing:
+                for name, vector in zip(missing, self.label_embedder.encode(missing)):
+                    cache[name] = vector
+            for name in names:
+                cache.move_to_end(name)
+            vectors = np.stack([cache[name] for name in names])
+            while len(cache) > max(LABEL_VECTOR_CACHE, len(names)):
+                cache.popitem(last=False)
+            return vectors
+
     @property
-    def shortlist_embedder(self) -> Embedder:
-        """What embeds texts and label names for the shortlist: the index's embedder, else the packaged one."""
+    def label_embedder(self) -> Embedder:
+        """What embeds texts and label names for the shortlist and the label-name evidence: the index's
+        embedder, else the packaged one."""
         if self.index is not None:
             return self.index.embedder
-        if self._shortlist_embedder is None:
+        if self._label_embedder is None:
             from rac.embedding import Embedder
 
-            self._shortlist_embedder = Embedder(device=str(self.model.device), dtype=self.dtype_name)
-        return self._shortlist_embedder
+            self._label_embedder = Embedder(device=str(self.model.device), dtype=self.dtype_name)
+        return self._label_embedder
 
     def _examples(
         self, texts: list[str], examples: Any, k: int, min_similarity: float

@@ -14,7 +14,9 @@ of the index that are kept up to date as it grows:
 * ``nearest``: the cosine of the text's nearest example (a near-duplicate's labels say more than a far
   neighbour's);
 * ``probe``: the probability of a linear probe, logistic regression fitted on the index's embeddings
-  (``LinearProbe``): the supervised reading of the corpus, strongest where a label has many examples.
+  (``LinearProbe``): the supervised reading of the corpus, strongest where a label has many examples;
+* ``name``: cosine between the text and the label's name, embedding zero-shot: a second opinion, beside
+  the model's, on a label the index has no example of.
 """
 
 from __future__ import annotations
@@ -58,15 +60,16 @@ class Evidence:
     reliability: float
     nearest: float = 0.0
     probe: np.ndarray | None = None
+    name: np.ndarray | None = None
 
     @classmethod
     def from_dicts(cls, labels: Sequence[str], evidence: dict[str, dict[str, float]]) -> Evidence:
         """Inverse of ``as_dicts`` for ``labels`` (in that order)."""
-        column = lambda name: np.array([evidence[label][name] for label in labels], dtype=np.float64)  # noqa: E731
+        column = lambda key: np.array([evidence[label][key] for label in labels], dtype=np.float64)  # noqa: E731
         first = evidence[labels[0]] if labels else {}
-        probe = column("probe") if "probe" in first else None
+        optional = {key: column(key) if key in first else None for key in ("probe", "name")}
         return cls(column("model"), column("shown"), column("knn"), column("prototype"), column("indexed"),
-                   float(first.get("reliability", DEFAULT_RELIABILITY)), float(first.get("nearest", 0.0)), probe)
+                   float(first.get("reliability", DEFAULT_RELIABILITY)), float(first.get("nearest", 0.0)), **optional)
 
     def as_dicts(self, labels: Sequence[str]) -> dict[str, dict[str, float]]:
         """``{label: {"model": .., "shown": .., ...}}``: the raw evidence, JSON-ready."""
@@ -76,6 +79,7 @@ class Evidence:
                 "prototype": float(self.prototype[j]), "indexed": float(self.indexed[j]),
                 "reliability": float(self.reliability), "nearest": float(self.nearest),
                 **({} if self.probe is None else {"probe": float(self.probe[j])}),
+                **({} if self.name is None else {"name": float(self.name[j])}),
             }
             for j, label in enumerate(labels)
         }
@@ -266,9 +270,11 @@ def gather(
     neighbours: Sequence[RACExample] | None,
     statistics: LabelStatistics | None,
     vector: np.ndarray | None,
+    name: np.ndarray | None = None,
 ) -> Evidence:
-    """One text's ``Evidence``. Without an index (given examples only), the shown examples stand in for the
-    neighbours, a label counts as indexed when one of them carries it, and reliability is the prior."""
+    """One text's ``Evidence``; ``name``: the text's cosine to each label name, when embedded. Without an
+    index (given examples only), the shown examples stand in for the neighbours, a label counts as indexed
+    when one of them carries it, and reliability is the prior."""
     share = shown_share(shown, labels)
     pool = shown if neighbours is None else neighbours
     nearest = max((float(n.similarity) for n in pool if n.similarity is not None), default=0.0)
@@ -277,11 +283,12 @@ def gather(
         return Evidence(
             model=np.asarray(model_scores, dtype=np.float64), shown=share, knn=knn_share(shown, labels),
             prototype=np.zeros(len(labels)), indexed=np.array([float(label in carried) for label in labels]),
-            reliability=DEFAULT_RELIABILITY, nearest=nearest,
+            reliability=DEFAULT_RELIABILITY, nearest=nearest, name=name,
         )
     prototype, indexed = statistics.prototype_cosines(vector, labels)
     probe = statistics.probe.probabilities(vector, labels)[0] if statistics.probe is not None else None
     return Evidence(
         model=np.asarray(model_scores, dtype=np.float64), shown=share, knn=knn_share(neighbours or (), labels),
         prototype=prototype, indexed=indexed, reliability=statistics.reliability, nearest=nearest, probe=probe,
+        name=name,
     )

@@ -6,7 +6,8 @@ model logit or prototype cosine minus the best candidate's) let one linear model
 any size, and the ``unseen_model`` feature gives the model its own weight on labels the index has no
 example of (``coverage``, the share of candidates the index holds, says how much of the label set is new):
 a label added this week wins when the model is sure of it, where a fixed mix with the neighbours' vote
-could never let it.
+could never let it. The label-name cosine (``name_gap``, ``unseen_name``) is a second zero-shot opinion on
+such labels, from the embedder that already serves retrieval.
 
 The weights are fitted on the training pool with label drift simulated (``rac.fusion_fit``, ``rac
 fit-fusion``) and stored as a small JSON file beside the model (no pickle).
@@ -47,6 +48,8 @@ FEATURE_SOURCES: dict[str, str] = {
     "reliable_prototype_gap": "prototype",
     "probe": "probe",
     "reliable_probe": "probe",
+    "name_gap": "name",
+    "unseen_name": "name",
     "indexed": "index",
     "coverage": "index",
     "reliability": "index",
@@ -70,6 +73,7 @@ def features(evidence: Evidence, names: Sequence[str] = ALL_FEATURES) -> np.ndar
         prototype_gap = np.zeros_like(logit)
     r = evidence.reliability
     probe = evidence.probe if evidence.probe is not None else np.zeros_like(logit)
+    name_gap = np.zeros_like(logit) if evidence.name is None else evidence.name - evidence.name.max()
     columns = {
         "model_logit": logit,
         "model_gap": logit - logit.max(),
@@ -84,6 +88,8 @@ def features(evidence: Evidence, names: Sequence[str] = ALL_FEATURES) -> np.ndar
         "reliable_prototype_gap": r * prototype_gap,
         "probe": probe,
         "reliable_probe": r * probe,
+        "name_gap": name_gap,
+        "unseen_name": (1.0 - indexed) * name_gap,
         "indexed": indexed,
         "coverage": np.full_like(logit, indexed.mean()),
         "reliability": np.full_like(logit, r),
@@ -115,10 +121,10 @@ class EvidenceFusion:
     def __repr__(self) -> str:
         return f"EvidenceFusion({len(self.feature_names)} features: {', '.join(self.feature_names)})"
 
-    @property
-    def uses_probe(self) -> bool:
-        """Whether a feature reads the linear probe (whose fit the index statistics can then skip)."""
-        return any(FEATURE_SOURCES[name] == "probe" for name in self.feature_names)
+    def uses(self, source: str) -> bool:
+        """Whether a feature reads evidence ``source`` (one of ``SOURCES``): the classifier skips what no
+        feature reads (the linear probe's fit, the label-name embeddings)."""
+        return any(FEATURE_SOURCES[name] == source for name in self.feature_names)
 
     def _terms(self, evidence: Evidence) -> np.ndarray:
         return (features(evidence, self.feature_names) - self.mean) / self.scale * self.coef

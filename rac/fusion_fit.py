@@ -50,6 +50,8 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "shipped plus the model's gap to the best label": (*DEFAULT_FEATURES, "model_gap"),
     "shipped plus the shown examples' share": (*DEFAULT_FEATURES, "shown"),
     "shipped plus the linear probe": (*DEFAULT_FEATURES, "probe", "reliable_probe"),
+    "shipped plus the label-name cosine": (*DEFAULT_FEATURES, "name_gap", "unseen_name"),
+    "shipped plus the label-name cosine of unseen labels": (*DEFAULT_FEATURES, "unseen_name"),
 }
 
 

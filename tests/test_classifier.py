@@ -287,7 +287,12 @@ def test_fusion_scores_given_examples_and_says_what_moved_them(model: GLiClassMo
         evidence = Evidence.from_dicts(LABELS, m.evidence)
         assert [m.scores[label] for label in LABELS] == pytest.approx(fusion.score(evidence).tolist(), abs=1e-9)
         assert m.evidence["travel"]["shown"] == pytest.approx(0.5) and m.evidence["question"]["shown"] == 0.0
-        assert set(m.contributions["travel"]) == {"model", "examples", "neighbours", "prototype", "probe", "index"}
+        assert set(m.contributions["travel"]) == {"model", "examples", "neighbours", "prototype", "probe", "name",
+                                                  "index"}
+        assert "name" not in a.evidence["travel"]  # fusion off and no index: the texts are not embedded for it
+        vectors = fused.label_embedder.encode([m.text, *LABELS])
+        assert [m.evidence[label]["name"] for label in LABELS] == pytest.approx((vectors[1:] @ vectors[0]).tolist(),
+                                                                                abs=1e-5)
         assert m.predicted == [name for name, score in m.labels if score >= 0.5]
         json.dumps(m.to_dict())
     # single-label: the fused scores are renormalised into a distribution
@@ -344,6 +349,10 @@ def test_retrieval_adds_similar_examples(model: GLiClassModel, clf: RACClassifie
         sims = [e.similarity for e in result.examples]
         assert all(s >= 0.1 for s in sims) and sims == sorted(sims, reverse=True)
     assert results[1].examples[0].text.startswith("My train")
+    # the raw evidence holds the text's cosine to each label name, from the query vector retrieval made
+    vectors = index.embedder.encode([TEXTS[1], *LABELS])
+    assert [results[1].evidence[label]["name"] for label in LABELS] == pytest.approx(
+        (vectors[1:] @ vectors[0]).tolist(), abs=1e-5)
     assert scores(results) != scores(clf.predict(TEXTS, LABELS))
     # k=0 and an unreachable similarity both give plain zero-shot
     assert_close(scores(rac.predict(TEXTS, LABELS, k=0)), scores(clf.predict(TEXTS, LABELS)), tol=0.0)

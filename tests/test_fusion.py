@@ -38,6 +38,16 @@ def test_features_are_relative_where_they_should_be() -> None:
     # the prototype gap is measured against the best *indexed* label; unindexed labels get none
     assert x[:, names.index("prototype_gap")] == pytest.approx([0.0, -0.5, 0.0])
     assert x[:, names.index("unseen_model")][:2].tolist() == [0.0, 0.0] and x[2, names.index("unseen_model")] < 0
+    assert x[:, names.index("name_gap")].tolist() == [0.0, 0.0, 0.0]  # no label-name cosines: no say
+
+
+def test_label_name_features_are_gaps_to_the_best_name() -> None:
+    ev = Evidence(np.array([0.9, 0.5, 0.1]), np.zeros(3), np.zeros(3), np.zeros(3), np.array([1.0, 1.0, 0.0]), 0.5,
+                  name=np.array([0.2, 0.5, 0.4]))
+    x = features(ev, ("name_gap", "unseen_name"))
+    assert x[:, 0] == pytest.approx([-0.3, 0.0, -0.1])
+    assert x[:, 1] == pytest.approx([0.0, 0.0, -0.1])  # only the label the index has no example of
+    assert Evidence.from_dicts(["a", "b", "c"], ev.as_dicts(["a", "b", "c"])).name.tolist() == [0.2, 0.5, 0.4]
 
 
 def toy_fusion() -> EvidenceFusion:

@@ -94,7 +94,7 @@ def test_a_thousand_labels_take_one_pass_and_all_come_back_ranked(model) -> None
     assert set(result.predicted) <= {name for name, _ in result.labels[:25]}
 
     # the shortlist is the best cosines, and the model scores it exactly as if asked for those labels alone
-    embedder = clf.shortlist_embedder
+    embedder = clf.label_embedder
     cosine = embedder.encode(MANY) @ embedder.encode([TEXT])[0]
     best = {MANY[j] for j in np.argsort(-cosine)[:25]}
     assert {name for name, _ in result.labels[:25]} == best
