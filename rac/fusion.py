@@ -57,8 +57,8 @@ FEATURE_SOURCES: dict[str, str] = {
 ALL_FEATURES = tuple(FEATURE_SOURCES)
 #: The features the shipped fusion uses: those whose removal cost leave-one-dataset-out F1 or unseen-label
 #: hits on the training pool (``rac.fusion_fit.ABLATIONS``, ``benchmarks/results/fusion_fit.md``).
-DEFAULT_FEATURES = ("model_logit", "unseen_model", "knn", "reliable_knn", "near_knn", "prototype_gap", "indexed",
-                    "coverage", "reliability")
+DEFAULT_FEATURES = ("model_logit", "unseen_model", "knn", "reliable_knn", "near_knn", "prototype_gap", "probe",
+                    "reliable_probe", "unseen_name", "indexed", "coverage", "reliability")
 SOURCES = tuple(dict.fromkeys(FEATURE_SOURCES.values()))
 
 

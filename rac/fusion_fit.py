@@ -42,16 +42,14 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "every candidate feature": ALL_FEATURES,
     "shipped": DEFAULT_FEATURES,
     **{f"shipped without {source}": tuple(f for f in DEFAULT_FEATURES if FEATURE_SOURCES[f] != source)
-       for source in ("neighbours", "prototype", "index")},
+       for source in ("neighbours", "prototype", "probe", "name", "index")},
     "shipped without the unseen-label model weight": tuple(f for f in DEFAULT_FEATURES if f != "unseen_model"),
     "shipped without coverage": tuple(f for f in DEFAULT_FEATURES if f != "coverage"),
     "shipped without reliability": tuple(f for f in DEFAULT_FEATURES if not f.startswith("reliab")),
     "shipped without nearest-neighbour similarity": tuple(f for f in DEFAULT_FEATURES if f != "near_knn"),
     "shipped plus the model's gap to the best label": (*DEFAULT_FEATURES, "model_gap"),
     "shipped plus the shown examples' share": (*DEFAULT_FEATURES, "shown"),
-    "shipped plus the linear probe": (*DEFAULT_FEATURES, "probe", "reliable_probe"),
-    "shipped plus the label-name cosine": (*DEFAULT_FEATURES, "name_gap", "unseen_name"),
-    "shipped plus the label-name cosine of unseen labels": (*DEFAULT_FEATURES, "unseen_name"),
+    "shipped plus the label-name cosine of indexed labels too": (*DEFAULT_FEATURES, "name_gap"),
 }
 
 
